@@ -1,0 +1,64 @@
+"""Argument checks shared by every stage: bad input gets a ValueError naming the argument."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class MapBatch:
+    """A validated batch of maps as a C-contiguous float32/float64 numpy array ``[B, H, W]``.
+
+    ``squeezed`` records that the caller passed a single ``[H, W]`` map; ``is_torch``,
+    ``device`` and ``dtype`` describe the caller's input so results can go back to it.
+    """
+
+    array: np.ndarray
+    squeezed: bool
+    is_torch: bool
+    device: torch.device
+    dtype: Any
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def as_map_batch(maps: Any, name: str = "maps", *, check_finite: bool = True) -> MapBatch:
+    """Validate ``maps`` (``[H, W]`` or ``[B, H, W]``, floating, finite) and return it on the CPU.
+
+    float16 and bfloat16 are widened to float32 (exactly), float32 and float64 are kept.
+    ``check_finite=False`` leaves the NaN/inf check to a kernel that does it on the way
+    (the C++ core raises the same ``ValueError``).
+    """
+    if isinstance(maps, torch.Tensor):
+        if not maps.is_floating_point():
+            raise ValueError(f"{name}: expected a floating dtype, got {maps.dtype}")
+        device, dtype, is_torch = maps.device, maps.dtype, True
+        t = maps.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        arr = t.cpu().numpy()
+    elif isinstance(maps, np.ndarray):
+        if maps.dtype.kind != "f":
+            raise ValueError(f"{name}: expected a floating dtype, got {maps.dtype}")
+        device, dtype, is_torch = torch.device("cpu"), maps.dtype, False
+        arr = maps.astype(np.float32) if maps.dtype == np.float16 else maps
+        if arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float64)
+    else:
+        raise ValueError(f"{name}: expected a numpy array or a torch tensor, got {type(maps).__name__}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected shape [H, W] or [B, H, W], got {tuple(arr.shape)}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name}: empty dimension in shape {tuple(arr.shape)}")
+    if check_finite and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    squeezed = arr.ndim == 2
+    arr = np.ascontiguousarray(arr[None] if squeezed else arr)
+    return MapBatch(arr, squeezed, is_torch, device, dtype)
