@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine (Python >= 3.9 and a C++ compiler):
+#   make demo   the main job: a demo on generated maps, no GPU needed
+#   make test   lint + the test suite (what CI runs)
+# Both create .venv on first use. torch==2.13.0 is pinned here only; the package needs torch>=2.4.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
+	$(BIN)/pip install -q '.[test]'
+	touch $@
+
+.PHONY: demo test bench
+demo: $(VENV)/.runtime
+	$(BIN)/topoot demo
+
+# pytest (not python -m pytest) so that the installed package is tested, not the source tree.
+test: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -rs
+
+bench: $(VENV)/.test
+	$(BIN)/python benchmarks/bench_persistence.py

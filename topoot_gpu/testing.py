@@ -1,0 +1,65 @@
+"""What tests and benchmarks share: devices, dtypes, and generators of maps.
+
+Generators take a ``numpy.random.Generator`` so that every caller controls (and can print)
+its seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: Devices on which tests run: the CPU, and CUDA when present.
+devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+#: Input dtypes every entry point accepts.
+numpy_float_dtypes = [np.float16, np.float32, np.float64]
+torch_float_dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of the last two axes with reflected borders (numpy only)."""
+    radius = max(1, int(round(3 * sigma)))
+    t = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k /= k.sum()
+    for axis in (-2, -1):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (radius, radius)
+        xp = np.pad(x, pad, mode="reflect" if x.shape[axis] > radius else "edge")
+        x = sum(w * np.take(xp, np.arange(i, i + x.shape[axis]), axis=axis) for i, w in enumerate(k))
+    return x
+
+
+def smooth_maps(rng: np.random.Generator, batch: int, height: int, width: int, *, sigma: float = 4.0) -> np.ndarray:
+    """Gaussian-blurred uniform noise, float64 ``[batch, height, width]``."""
+    return _blur(rng.random((batch, height, width)), sigma)
+
+
+def blob_maps(rng: np.random.Generator, batch: int, height: int, width: int, *, max_blobs: int = 3) -> np.ndarray:
+    """Anomaly-like maps: one to ``max_blobs`` Gaussian blobs (some touching the border) on smooth noise."""
+    ii, jj = np.mgrid[0:height, 0:width]
+    out = 0.3 * smooth_maps(rng, batch, height, width, sigma=max(1.0, min(height, width) / 16))
+    for b in range(batch):
+        for _ in range(rng.integers(1, max_blobs + 1)):
+            ci, cj = rng.uniform(-0.1, 1.1) * height, rng.uniform(-0.1, 1.1) * width
+            s = rng.uniform(0.03, 0.15) * min(height, width) + 0.5
+            out[b] += rng.uniform(0.5, 1.0) * np.exp(-((ii - ci) ** 2 + (jj - cj) ** 2) / (2 * s * s))
+    return out
+
+
+def tied_maps(rng: np.random.Generator, batch: int, height: int, width: int, *, levels: int = 4) -> np.ndarray:
+    """Integer-valued maps with heavy ties and plateaus (values in ``0 .. levels - 1``)."""
+    coarse = rng.integers(0, levels, (batch, (height + 2) // 3, (width + 2) // 3))
+    plateaus = np.repeat(np.repeat(coarse, 3, axis=1), 3, axis=2)[:, :height, :width]
+    noisy = rng.integers(0, levels, (batch, height, width))
+    return np.where(rng.random((batch, height, width)) < 0.5, plateaus, noisy).astype(np.float64)
+
+
+def quantised_maps(rng: np.random.Generator, batch: int, height: int, width: int, *, levels: int = 1000) -> np.ndarray:
+    """Smooth maps quantised to ``levels`` values in [0, 1] (many ties, as in TopoOT's level maps)."""
+    m = smooth_maps(rng, batch, height, width, sigma=2.0)
+    lo = m.min(axis=(1, 2), keepdims=True)
+    hi = m.max(axis=(1, 2), keepdims=True)
+    m = (m - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return np.round(m * (levels - 1)) / (levels - 1)
