@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,15 @@ class MapBatch:
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_threads(num_threads: int | None) -> int:
+    """``num_threads`` of a C++ kernel: a positive int, or None for every core."""
+    if num_threads is None:
+        return os.cpu_count() or 1
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+        raise ValueError(f"num_threads: expected a positive int or None, got {num_threads!r}")
+    return num_threads
 
 
 def as_map_batch(maps: Any, name: str = "maps", *, check_finite: bool = True) -> MapBatch:

@@ -18,14 +18,13 @@ units (pairs with ``birth > death``). Zero-length pairs are not reported.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ._validation import as_map_batch, check_choice
+from ._validation import as_map_batch, check_choice, check_threads
 
 FILTRATIONS = ("sublevel", "superlevel")
 CONSTRUCTIONS = ("T", "V")
@@ -122,14 +121,6 @@ def _check_dims(dims: Any) -> tuple[bool, bool]:
     return 0 in dims, 1 in dims
 
 
-def _check_threads(num_threads: int | None) -> int:
-    if num_threads is None:
-        return os.cpu_count() or 1
-    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
-        raise ValueError(f"num_threads: expected a positive int or None, got {num_threads!r}")
-    return num_threads
-
-
 def cubical_persistence(
     maps: Any,
     *,
@@ -162,7 +153,7 @@ def cubical_persistence(
     check_choice("construction", construction, CONSTRUCTIONS)
     check_choice("backend", backend, BACKENDS)
     dim0, dim1 = _check_dims(dims)
-    threads = _check_threads(num_threads)
+    threads = check_threads(num_threads)
     batch = as_map_batch(maps, check_finite=backend == "reference")
     arr = batch.array
     if backend == "reference":

@@ -66,3 +66,54 @@ def cubical_persistence_gudhi(maps: np.ndarray, filtration: str, construction: s
                 f.append(v)
     dtypes = (np.int64, np.int64, np.float64, np.float64, np.int64, np.int64)
     return tuple(np.asarray(f, dtype=t) for f, t in zip(fields, dtypes))
+
+
+def _import_pot():
+    try:
+        import ot
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("backend='reference' needs POT: pip install 'topoot_gpu[test]' (or pip install POT)") from e
+    return ot
+
+
+def sinkhorn_pot(a, b, M, *, reg: float, max_iter: int, stop_thr: float, domain: str):
+    """POT ``ot.sinkhorn`` on each problem of a padded batch (its real rows and columns), one by
+    one, as a :class:`~topoot_gpu.transport.SinkhornResult`. ``domain="log"`` uses
+    ``method="sinkhorn_log"``, otherwise POT's default (``sinkhorn_knopp``)."""
+    import warnings
+
+    import torch
+
+    from .transport import SinkhornResult
+
+    ot = _import_pot()
+    method = "sinkhorn_log" if domain == "log" else "sinkhorn"
+    B, n, m = M.shape
+    dtype = M.dtype
+    plan = torch.zeros(B, n, m, dtype=dtype)
+    log_u = torch.full((B, n), float("-inf"), dtype=dtype)
+    log_v = torch.full((B, m), float("-inf"), dtype=dtype)
+    n_iter = torch.zeros(B, dtype=torch.int64)
+    err = torch.ones(B, dtype=dtype)
+    for k in range(B):
+        rows = torch.nonzero(a[k] > 0).flatten().cpu()
+        cols = torch.nonzero(b[k] > 0).flatten().cpu()
+        if not len(rows) or not len(cols):
+            continue
+        ak = a[k, rows].cpu().numpy()
+        bk = b[k, cols].cpu().numpy()
+        Mk = M[k][rows][:, cols].cpu().numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            G, log = ot.sinkhorn(ak, bk, Mk, reg, method=method, numItermax=max_iter, stopThr=stop_thr, log=True)
+        plan[k, rows[:, None], cols[None, :]] = torch.as_tensor(G, dtype=dtype)
+        lu = log["log_u"] if "log_u" in log else np.log(log["u"])
+        lv = log["log_v"] if "log_v" in log else np.log(log["v"])
+        log_u[k, rows] = torch.as_tensor(lu, dtype=dtype)
+        log_v[k, cols] = torch.as_tensor(lv, dtype=dtype)
+        n_iter[k] = int(log["niter"])
+        err[k] = float(log["err"][-1]) if log["err"] else 1.0
+    dev = M.device
+    return SinkhornResult(
+        plan.to(dev), log_u.to(dev), log_v.to(dev), n_iter.to(dev), err.to(dev), "log" if domain == "log" else "scaling"
+    )

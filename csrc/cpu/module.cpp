@@ -3,12 +3,15 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
 #include <string>
 
 #include "persistence_cpu.h"
+#include "sinkhorn_cpu.h"
 
 namespace py = pybind11;
 
@@ -83,6 +86,63 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
   return py::make_tuple(image, dim, birth, death, birth_pixel, death_pixel);
 }
 
+template <typename T>
+py::tuple sinkhorn_impl(const py::array_t<T, py::array::c_style>& a, const py::array_t<T, py::array::c_style>& b,
+                        const py::array_t<T, py::array::c_style>& M, double reg, int64_t max_iter, double stop_thr,
+                        bool log_domain, int num_threads) {
+  if (M.ndim() != 3 || a.ndim() != 2 || b.ndim() != 2) throw std::invalid_argument("M: expected [B, n, m]");
+  const int64_t B = M.shape(0), n = M.shape(1), m = M.shape(2);
+  if (a.shape(0) != B || a.shape(1) != n) throw std::invalid_argument("a: shape does not match M");
+  if (b.shape(0) != B || b.shape(1) != m) throw std::invalid_argument("b: shape does not match M");
+  if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
+  if (max_iter < 1) throw std::invalid_argument("max_iter: expected >= 1");
+  topoot::SinkhornOptions opt;
+  opt.reg = reg;
+  opt.max_iter = max_iter;
+  opt.stop_thr = stop_thr;
+  opt.log_domain = log_domain;
+  py::array_t<T> plan({B, n, m}), log_u({B, n}), log_v({B, m}), err(B);
+  py::array_t<int64_t> n_iter(B);
+  {
+    py::gil_scoped_release release;
+    topoot::sinkhorn_batch<T>(a.data(), b.data(), M.data(), B, n, m, opt, num_threads, plan.mutable_data(),
+                              log_u.mutable_data(), log_v.mutable_data(), n_iter.mutable_data(), err.mutable_data());
+  }
+  return py::make_tuple(plan, log_u, log_v, n_iter, err);
+}
+
+// One pass over a padded batch of problems for the checks and the domain
+// choice: (a, b, M all finite, a >= 0, b >= 0, max |M| over real entries).
+template <typename T>
+py::tuple sinkhorn_stats_impl(const py::array_t<T, py::array::c_style>& a, const py::array_t<T, py::array::c_style>& b,
+                              const py::array_t<T, py::array::c_style>& M) {
+  const int64_t B = M.shape(0), n = M.shape(1), m = M.shape(2);
+  bool finite = true, a_ok = true, b_ok = true;
+  double worst = 0;
+  {
+    py::gil_scoped_release release;
+    const T* pa = a.data();
+    const T* pb = b.data();
+    const T* pM = M.data();
+    finite = all_finite(pa, B * n) && all_finite(pb, B * m) && all_finite(pM, B * n * m);
+    for (int64_t i = 0; i < B * n; ++i) a_ok &= !(pa[i] < 0);
+    for (int64_t j = 0; j < B * m; ++j) b_ok &= !(pb[j] < 0);
+    if (finite) {
+      for (int64_t k = 0; k < B; ++k) {
+        for (int64_t i = 0; i < n; ++i) {
+          if (!(pa[k * n + i] > 0)) continue;
+          const T* row = pM + (k * n + i) * m;
+          const T* bk = pb + k * m;
+          T w = 0;
+          for (int64_t j = 0; j < m; ++j) w = std::max(w, bk[j] > 0 ? std::abs(row[j]) : T(0));
+          worst = std::max(worst, static_cast<double>(w));
+        }
+      }
+    }
+  }
+  return py::make_tuple(finite, a_ok, b_ok, worst);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -91,4 +151,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
   m.def("cubical_persistence_f64", &persistence_impl<double>, py::arg("maps"), py::arg("superlevel"),
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
+  m.def("sinkhorn_stats_f32", &sinkhorn_stats_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"));
+  m.def("sinkhorn_stats_f64", &sinkhorn_stats_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"));
+  m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),
+        py::arg("max_iter"), py::arg("stop_thr"), py::arg("log_domain"), py::arg("num_threads"));
+  m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),
+        py::arg("max_iter"), py::arg("stop_thr"), py::arg("log_domain"), py::arg("num_threads"));
 }

@@ -17,10 +17,11 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstring>
 #include <limits>
-#include <thread>
+
+#include "parallel.h"
+#include "simd.h"
 
 namespace topoot {
 
@@ -325,16 +326,9 @@ void dispatch_pass(bool conn8, Workspace<T>& ws, int64_t H, int64_t W, int64_t d
 // order is the same with > for <. The loops are branch-free (comparisons are
 // coin flips on smooth maps) and simple enough to vectorise.
 //
-// Compiled twice where the compiler can (GCC/Clang function multi-versioning):
-// an AVX2 clone picked at load time on CPUs that have it, and the baseline.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__APPLE__)
-#define TOPOOT_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define TOPOOT_TARGET_CLONES
-#endif
-
+// Compiled twice where the compiler can: an AVX2 clone and the baseline.
 template <typename T>
-inline void lower_masks_impl(const T* __restrict v, int64_t H, int64_t W, uint8_t* __restrict rel,
+TOPOOT_INLINE void lower_masks_impl(const T* __restrict v, int64_t H, int64_t W, uint8_t* __restrict rel,
                              uint8_t* __restrict up, uint8_t* __restrict down, uint8_t* __restrict flags) {
   const int64_t Wp = W + 2, Np = (H + 2) * Wp, w = Wp;
   for (int64_t P = 0; P < Np - w - 1; ++P) {
@@ -433,28 +427,9 @@ template <typename T>
 void batch_persistence(const T* maps, int64_t B, int64_t H, int64_t W, const PersistenceOptions& opt,
                        int num_threads, std::vector<ImagePairs>& out) {
   out.assign(B, ImagePairs{});
-  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  num_threads = static_cast<int>(std::min<int64_t>(num_threads, B));
-  std::atomic<int64_t> next{0};
-  auto work = [&](Workspace<T>& ws) {
-    for (int64_t b; (b = next.fetch_add(1)) < B;) image_persistence(maps + b * H * W, H, W, opt, ws, out[b]);
-  };
-  auto worker = [&]() {
-    Workspace<T> ws;
-    work(ws);
-  };
-  if (num_threads <= 1) {
-    // The calling thread keeps its scratch between calls (no page faults on
-    // every call), unless a large map made it big.
-    static thread_local Workspace<T> ws;
-    work(ws);
-    if (ws.padded.capacity() > (int64_t{1} << 22)) ws = Workspace<T>{};
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(num_threads);
-  for (int t = 0; t < num_threads; ++t) pool.emplace_back(worker);
-  for (auto& th : pool) th.join();
+  parallel_for<Workspace<T>>(B, num_threads, [&](Workspace<T>& ws, int64_t b) {
+    image_persistence(maps + b * H * W, H, W, opt, ws, out[b]);
+  });
 }
 
 template void batch_persistence<float>(const float*, int64_t, int64_t, int64_t, const PersistenceOptions&,
