@@ -179,8 +179,16 @@ def sinkhorn(
     if backend == "cpu" and M.device.type != "cpu":
         raise ValueError(f"backend: 'cpu' needs CPU tensors, got {M.device}")
     if backend == "cpu" or (backend == "auto" and M.device.type == "cpu"):
-        return _sinkhorn_cpu(a, b, M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, domain=domain,
-                             num_threads=check_threads(num_threads))
+        return _sinkhorn_cpu(
+            a,
+            b,
+            M,
+            reg=reg,
+            max_iter=max_iter,
+            stop_thr=stop_thr,
+            domain=domain,
+            num_threads=check_threads(num_threads),
+        )
     solve = _sinkhorn_scaling if domain == "scaling" else _sinkhorn_log
     return solve(a, b, M, reg=reg, max_iter=max_iter, stop_thr=stop_thr)
 
@@ -293,9 +301,7 @@ def _sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
     return SinkhornResult(plan, u_all.log(), v_all.log(), state.n_iter, state.err, "scaling")
 
 
-def diagram_costs(
-    P: Any, Q: Any, *, kind: str = "normalized"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Costs and weights between two ragged batches of diagrams (SPEC 3).
 
     Args:

@@ -1,0 +1,120 @@
+"""Batched Sinkhorn against POT one problem at a time: problems per second and ratio.
+
+Problems are built as TopoOT builds them: two random diagrams of n points each, ``normalized``
+costs, uniform weights. For each batch size, n and reg: our solver on the whole batch (default
+backend and domain, all threads and one thread) and POT ``ot.sinkhorn`` (its default method) on
+the first ``--pot-problems`` problems one by one; median of repeats after a warm-up, ratio =
+our problems/s over POT's. With a GPU, the torch backend and the Triton kernel also run on it.
+
+    python benchmarks/bench_sinkhorn.py [--batches 1 64 1024] [--sizes 16 64 128] [--regs 0.3 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# isort: off
+from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+# isort: on
+
+from topoot_gpu import diagram_costs, sinkhorn  # noqa: E402
+
+
+def make_problems(batch: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    P = [np.sort(rng.random((n, 2)), 1) for _ in range(batch)]
+    Q = [np.sort(rng.random((n, 2)), 1) for _ in range(batch)]
+    return diagram_costs(P, Q)
+
+
+def measure(M, a, b, reg: float, args, ot) -> dict:
+    """One configuration: ours on the whole batch, POT on its first problems, the GPU if present."""
+    batch = M.shape[0]
+    kw = {"reg": reg, "max_iter": args.max_iter}
+    res = sinkhorn(a, b, M, **kw)
+    row = {"domain": res.domain, "median_n_iter": float(res.n_iter.double().median())}
+    t = median_seconds(lambda: sinkhorn(a, b, M, **kw), repeats=args.repeats)
+    row["ours_cpu_problems_per_s"] = batch / t
+    t1 = median_seconds(lambda: sinkhorn(a, b, M, num_threads=1, **kw), repeats=args.repeats)
+    row["ours_cpu_1thread_problems_per_s"] = batch / t1
+    k = min(batch, args.pot_problems)
+    pa, pb, pM = a[:k].numpy(), b[:k].numpy(), M[:k].numpy()
+
+    def pot():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for j in range(k):
+                ot.sinkhorn(pa[j], pb[j], pM[j], reg, numItermax=args.max_iter, stopThr=1e-9)
+
+    row["pot_problems_per_s"] = k / median_seconds(pot, repeats=args.repeats)
+    row["ratio_1thread_vs_pot"] = row["ours_cpu_1thread_problems_per_s"] / row["pot_problems_per_s"]
+    row["ratio_all_threads_vs_pot"] = row["ours_cpu_problems_per_s"] / row["pot_problems_per_s"]
+    if torch.cuda.is_available():
+        ga, gb, gM = (x.cuda() for x in (a, b, M))
+        for backend, domain in (("torch", "auto"), ("triton", "log")):
+
+            def run(backend=backend, domain=domain):
+                sinkhorn(ga, gb, gM, backend=backend, domain=domain, **kw)
+                torch.cuda.synchronize()
+
+            row[f"gpu_{backend}_problems_per_s"] = batch / median_seconds(run, repeats=args.repeats)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 4096])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 128, 256])
+    ap.add_argument("--regs", type=float, nargs="+", default=[0.3, 0.05])
+    ap.add_argument("--max-iter", type=int, default=1000)
+    ap.add_argument("--pot-problems", type=int, default=32, help="problems POT is timed on (per problem)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--max-elements", type=float, default=2e8, help="skip configurations with more B*n*m")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sinkhorn_<device>.json)")
+    args = ap.parse_args()
+
+    import ot
+
+    gpu = torch.cuda.is_available()
+    rows = []
+    for n in args.sizes:
+        for batch in args.batches:
+            if batch * n * n > args.max_elements:
+                continue
+            M, a, b = make_problems(batch, n, args.seed)
+            for reg in args.regs:
+                rows.append({"batch": batch, "n": n, "reg": reg, **measure(M, a, b, reg, args, ot)})
+                print(f"done batch {batch} n {n} reg {reg}", flush=True)
+    columns = [
+        "batch",
+        "n",
+        "reg",
+        "domain",
+        "median_n_iter",
+        "ours_cpu_1thread_problems_per_s",
+        "ours_cpu_problems_per_s",
+        "pot_problems_per_s",
+        "ratio_1thread_vs_pot",
+        "ratio_all_threads_vs_pot",
+    ]
+    if gpu:
+        columns += ["gpu_torch_problems_per_s", "gpu_triton_problems_per_s"]
+    print("\nproblems per second (ratio = ours / POT one by one, same run)")
+    print_table(rows, columns)
+    env = environment()
+    name = "sinkhorn_" + ("gpu" if gpu else "cpu")
+    write_json(
+        name, {"benchmark": "batched sinkhorn vs POT", "environment": env, "args": vars(args), "rows": rows}, args.out
+    )
+
+
+if __name__ == "__main__":
+    main()

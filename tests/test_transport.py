@@ -1,0 +1,260 @@
+"""Batched Sinkhorn: parity with POT (iterates, plans, n_iter), padding, domains, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from topoot_gpu import best_match, diagram_costs, sinkhorn, stability
+
+ot = pytest.importorskip("ot")
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def random_problem(rng, n, m, *, cost="random"):
+    a = rng.random(n) + 0.05
+    b = rng.random(m) + 0.05
+    if cost == "diagram":  # costs built like TopoOT's: normalised distances of diagram points
+        P = np.sort(rng.random((n, 2)), 1)
+        Q = np.sort(rng.random((m, 2)), 1)
+        M, _, _ = diagram_costs([P], [Q])
+        M = M[0].numpy()
+    else:
+        M = rng.random((n, m)) * rng.uniform(0.2, 1.0)
+    return a / a.sum(), b / b.sum(), M
+
+
+def pad_batch(problems, dtype=torch.float64, pad_to=None):
+    """Ragged problems -> padded a [B, N], b [B, Mx], M [B, N, Mx] (padding weight 0, junk costs)."""
+    N = pad_to[0] if pad_to else max(len(p[0]) for p in problems)
+    Mx = pad_to[1] if pad_to else max(len(p[1]) for p in problems)
+    B = len(problems)
+    a = torch.zeros(B, N, dtype=torch.float64)
+    b = torch.zeros(B, Mx, dtype=torch.float64)
+    M = torch.full((B, N, Mx), 7.5, dtype=torch.float64)  # padding costs must not matter
+    for k, (ak, bk, Mk) in enumerate(problems):
+        a[k, : len(ak)] = torch.from_numpy(ak)
+        b[k, : len(bk)] = torch.from_numpy(bk)
+        M[k, : len(ak), : len(bk)] = torch.from_numpy(Mk)
+    return a.to(dtype), b.to(dtype), M.to(dtype)
+
+
+def pot_solution(a, b, M, reg, max_iter, method):
+    G, log = ot.sinkhorn(a, b, M, reg, method=method, numItermax=max_iter, stopThr=1e-9, log=True, warn=False)
+    return G, int(log["niter"])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+@pytest.mark.parametrize("reg", [0.3, 0.05, 0.01])
+def test_parity_with_pot_float64(rng, backend, domain, reg):
+    sizes = [(1, 1), (1, 5), (6, 1), (2, 3), (17, 17), (40, 23), (64, 64), (90, 150)]
+    if reg >= 0.05:
+        sizes.append((300, 211))
+    problems = [random_problem(rng, n, m, cost=["random", "diagram"][k % 2]) for k, (n, m) in enumerate(sizes)]
+    a, b, M = pad_batch(problems)
+    res = sinkhorn(a, b, M, reg=reg, max_iter=15000, domain=domain, backend=backend)
+    assert res.domain == domain
+    method = "sinkhorn_log" if domain == "log" else "sinkhorn"
+    for k, (ak, bk, Mk) in enumerate(problems):
+        G, niter = pot_solution(ak, bk, Mk, reg, 15000, method)
+        n, m = G.shape
+        ours = res.plan[k, :n, :m].numpy()
+        assert np.abs(ours - G).max() <= 1e-9, (k, n, m, np.abs(ours - G).max())
+        assert int(res.n_iter[k]) == niter, (k, n, m, int(res.n_iter[k]), niter)
+        assert torch.all(res.plan[k, n:, :] == 0) and torch.all(res.plan[k, :, m:] == 0)
+        # The other POT method converges to the same plan.
+        other = pot_solution(ak, bk, Mk, reg, 15000, "sinkhorn" if domain == "log" else "sinkhorn_log")[0]
+        assert np.abs(ours - other).max() <= 1e-8
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+def test_parity_with_pot_float32(rng, backend, domain):
+    reg = 0.05
+    problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(3, 4), (20, 31), (64, 64), (128, 90)]]
+    a, b, M = pad_batch(problems, dtype=torch.float32)
+    res = sinkhorn(a, b, M, reg=reg, max_iter=2000, stop_thr=1e-6, domain=domain, backend=backend)
+    assert res.plan.dtype == torch.float32
+    for k, (ak, bk, Mk) in enumerate(problems):
+        # POT on the float32-rounded inputs, in float64
+        a32, b32, M32 = (x.astype(np.float32).astype(np.float64) for x in (ak, bk, Mk))
+        G = ot.sinkhorn(a32, b32, M32, reg, numItermax=2000, stopThr=1e-6, warn=False)
+        n, m = G.shape
+        assert np.abs(res.plan[k, :n, :m].double().numpy() - G).max() <= TOL[torch.float32]
+
+
+def test_max_iter_and_n_iter_semantics(rng):
+    # A problem that cannot converge in max_iter: n_iter is max_iter - 1, as POT reports.
+    problems = [random_problem(rng, 30, 30) for _ in range(3)]
+    a, b, M = pad_batch(problems)
+    for max_iter in (1, 7, 25):
+        for backend in ("cpu", "torch"):
+            for domain in ("scaling", "log"):
+                res = sinkhorn(a, b, M, reg=0.01, max_iter=max_iter, domain=domain, backend=backend)
+                method = "sinkhorn_log" if domain == "log" else "sinkhorn"
+                for k, (ak, bk, Mk) in enumerate(problems):
+                    G, niter = pot_solution(ak, bk, Mk, 0.01, max_iter, method)
+                    assert int(res.n_iter[k]) == niter == max_iter - 1
+                    assert np.abs(res.plan[k].numpy() - G).max() <= 1e-9
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_padding_invariance(rng, backend):
+    problems = [random_problem(rng, n, m) for n, m in [(5, 9), (33, 2), (17, 40), (1, 1)]]
+    a, b, M = pad_batch(problems)
+    batch = sinkhorn(a, b, M, reg=0.05, max_iter=5000, backend=backend)
+    for k, p in enumerate(problems):
+        alone = sinkhorn(*pad_batch([p]), reg=0.05, max_iter=5000, backend=backend)
+        bigger = sinkhorn(*pad_batch([p], pad_to=(50, 61)), reg=0.05, max_iter=5000, backend=backend)
+        n, m = len(p[0]), len(p[1])
+        for other in (alone, bigger):
+            assert torch.allclose(batch.plan[k, :n, :m], other.plan[0, :n, :m], rtol=0, atol=1e-15)
+            assert batch.n_iter[k] == other.n_iter[0]
+        assert torch.all(bigger.plan[0, n:] == 0) and torch.all(bigger.plan[0, :, m:] == 0)
+        assert torch.all(torch.isneginf(bigger.log_u[0, n:])) and torch.all(torch.isneginf(bigger.log_v[0, m:]))
+
+
+def test_backends_agree(rng):
+    problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(4, 7), (50, 50), (120, 33)]]
+    a, b, M = pad_batch(problems)
+    for domain in ("scaling", "log"):
+        x = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="cpu")
+        y = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="torch")
+        r = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="reference")
+        for other in (y, r):
+            assert torch.allclose(x.plan, other.plan, rtol=0, atol=1e-12)
+            assert torch.equal(x.n_iter, other.n_iter)
+
+
+def test_empty_problems_give_zero_plans(rng):
+    a, b, M = pad_batch([random_problem(rng, 4, 5)], pad_to=(6, 6))
+    a = torch.cat([a, torch.zeros(1, 6, dtype=a.dtype), a])
+    b = torch.cat([b, b, torch.zeros(1, 6, dtype=b.dtype)])
+    M = torch.cat([M, M, M])
+    for backend in ("cpu", "torch", "reference"):
+        res = sinkhorn(a, b, M, reg=0.1, backend=backend)
+        assert torch.all(res.plan[1:] == 0), backend
+        assert torch.isfinite(res.plan).all()
+        assert res.plan[0].sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_auto_domain_choice(rng):
+    a, b, M = pad_batch([random_problem(rng, 10, 10)])
+    assert sinkhorn(a, b, M, reg=0.3).domain == "scaling"
+    assert sinkhorn(a, b, M * 1000, reg=0.3).domain == "log"  # max |M| / reg = 3000 > 300
+    assert sinkhorn(a.float(), b.float(), (M * 30).float(), reg=0.3).domain == "log"  # > 50 in float32
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_small_reg_float32_log_domain_is_finite_and_feasible(rng, backend):
+    problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(10, 12), (40, 40), (64, 30)]]
+    a, b, M = pad_batch(problems, dtype=torch.float32)
+    res = sinkhorn(a, b, M, reg=1e-3, max_iter=3000, stop_thr=1e-5, domain="log", backend=backend)
+    assert torch.isfinite(res.plan).all() and torch.isfinite(res.err).all()
+    assert torch.isfinite(res.log_u[a > 0]).all() and torch.isfinite(res.log_v[b > 0]).all()
+    # Rows are met exactly after each u update; columns by the stopping rule (or close to it).
+    assert torch.allclose(res.plan.sum(2), a, atol=1e-5)
+    assert (res.plan.sum(1) - b).abs().sum(1).max() < 5e-2
+
+
+def test_diagram_costs_normalized_by_hand():
+    # P = {(0, 1)}, Q = {(0, 0), (3, 4)}: distances 1 and sqrt(9 + 9) = 3 sqrt 2, max 3 sqrt 2,
+    # M = [(1 / (3 sqrt 2))^2, 1] = [1/18, 1] (up to the 1e-12 guard), a = [1], b = [1/2, 1/2].
+    M, a, b = diagram_costs([np.array([[0.0, 1.0]])], [np.array([[0.0, 0.0], [3.0, 4.0]])])
+    assert M.shape == (1, 1, 2)
+    assert M[0, 0, 0].item() == pytest.approx(1 / 18, rel=1e-10)
+    assert M[0, 0, 1].item() == pytest.approx(1.0, rel=1e-10)
+    assert a.tolist() == [[1.0]] and b.tolist() == [[0.5, 0.5]]
+
+
+def test_diagram_costs_diagonal_by_hand():
+    # P = {(0, 2)}, Q = {(1, 1), (0, 4)}: M[0, :2] = |p - q|^2 = [1 + 1, 0 + 4] = [2, 4];
+    # to the diagonal: p: (2 - 0)^2 / 2 = 2, q: 0 and 8; weights [1, 2] / 3 and [1, 1, 1] / 3.
+    M, a, b = diagram_costs([np.array([[0.0, 2.0]])], [np.array([[1.0, 1.0], [0.0, 4.0]])], kind="diagonal")
+    assert M[0].tolist() == [[2.0, 4.0, 2.0], [0.0, 8.0, 0.0]]
+    assert a[0].tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert b[0].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+
+
+def test_diagram_costs_ragged_matches_one_by_one(rng):
+    Ps = [np.sort(rng.random((n, 2)), 1) for n in (0, 3, 7)]
+    Qs = [np.sort(rng.random((m, 2)), 1) for m in (4, 0, 5)]
+    for kind in ("normalized", "diagonal"):
+        M, a, b = diagram_costs(Ps, Qs, kind=kind)
+        for k in range(3):
+            M1, a1, b1 = diagram_costs([Ps[k]], [Qs[k]], kind=kind)
+            n, m = len(Ps[k]), len(Qs[k])
+            assert torch.equal(M[k, :n, :m], M1[0, :n, :m])
+            assert torch.equal(a[k, :n], a1[0, :n]) and torch.equal(b[k, :m], b1[0, :m])
+            assert torch.all(a[k, n : a.shape[1] - (kind == "diagonal")] == 0)
+
+
+def test_stability_and_best_match():
+    plan = torch.tensor([[[0.2, 0.1], [0.0, 0.7]]], dtype=torch.float64)
+    M = torch.tensor([[[0.25, 0.0], [1.0, 0.04]]], dtype=torch.float64)
+    S = stability(plan, M)
+    # 0.2 / 1.5, 0.1 / 1, 0 / 2, 0.7 / 1.2
+    assert S[0].flatten().tolist() == pytest.approx([0.2 / 1.5, 0.1, 0.0, 0.7 / 1.2])
+    s, c, i = best_match(S, M, dim=2)
+    assert s[0].tolist() == pytest.approx([0.2 / 1.5, 0.7 / 1.2]) and i[0].tolist() == [0, 1]
+    assert c[0].tolist() == pytest.approx([0.25, 0.04])
+    s, c, i = best_match(S, M, dim=1, mask=torch.tensor([[[True, True], [False, True]]]))
+    assert i[0].tolist() == [0, 1] and c[0].tolist() == pytest.approx([0.25, 0.04])
+    s, c, i = best_match(S, M, dim=2, mask=torch.zeros(1, 2, 2, dtype=torch.bool))
+    assert s[0].tolist() == [0, 0] and c[0].tolist() == [float("inf")] * 2 and i[0].tolist() == [-1, -1]
+
+
+def _ok():
+    return torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4), torch.rand(2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "change,arg",
+    [
+        (lambda a, b, M: (-a, b, M), "a"),
+        (lambda a, b, M: (a, -b, M), "b"),
+        (lambda a, b, M: (a[:, :2], b, M), "a"),
+        (lambda a, b, M: (a, b[:1], M), "b"),
+        (lambda a, b, M: (a, b, M[0]), "M"),
+        (lambda a, b, M: (a, b, M.masked_fill(M > 0.5, float("nan"))), "M"),
+        (lambda a, b, M: (a.masked_fill(a > 0, float("inf")), b, M), "a"),
+        (lambda a, b, M: (a.long(), b, M), "a"),
+        (lambda a, b, M: ([[1.0]], b, M), "a"),
+    ],
+)
+def test_bad_inputs_raise(change, arg):
+    with pytest.raises(ValueError, match=arg):
+        sinkhorn(*change(*_ok()), reg=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,arg",
+    [
+        ({"reg": 0.0}, "reg"),
+        ({"reg": -1.0}, "reg"),
+        ({"reg": float("nan")}, "reg"),
+        ({"reg": 0.1, "max_iter": 0}, "max_iter"),
+        ({"reg": 0.1, "max_iter": 2.5}, "max_iter"),
+        ({"reg": 0.1, "stop_thr": -1.0}, "stop_thr"),
+        ({"reg": 0.1, "domain": "exp"}, "domain"),
+        ({"reg": 0.1, "backend": "cuda"}, "backend"),
+        ({"reg": 0.1, "num_threads": 0}, "num_threads"),
+    ],
+)
+def test_bad_options_raise(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        sinkhorn(*_ok(), **kwargs)
+
+
+def test_bad_diagrams_raise():
+    with pytest.raises(ValueError, match="P"):
+        diagram_costs([np.zeros((3, 3))], [np.zeros((2, 2))])
+    with pytest.raises(ValueError, match="P, Q"):
+        diagram_costs([np.zeros((3, 2))], [])
+    with pytest.raises(ValueError, match="kind"):
+        diagram_costs([], [], kind="wasserstein")
+    with pytest.raises(ValueError, match="Q"):
+        diagram_costs([np.zeros((1, 2))], [np.array([[0.0, np.nan]])])
