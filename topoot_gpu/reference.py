@@ -117,3 +117,151 @@ def sinkhorn_pot(a, b, M, *, reg: float, max_iter: int, stop_thr: float, domain:
     return SinkhornResult(
         plan.to(dev), log_u.to(dev), log_v.to(dev), n_iter.to(dev), err.to(dev), "log" if domain == "log" else "scaling"
     )
+
+
+# --- Pseudo-labels (SPEC 4), one map at a time, as the released implementation does ---------
+
+
+def normalise(anomaly_map: np.ndarray) -> np.ndarray:
+    """``(A - min) / (max - min)`` in float64; a constant map becomes zeros."""
+    a = np.asarray(anomaly_map, dtype=np.float64)
+    lo, hi = a.min(), a.max()
+    return np.zeros_like(a) if hi == lo else (a - lo) / (hi - lo)
+
+
+def level_maps(a: np.ndarray, levels) -> list[np.ndarray]:
+    """The map quantised to each ``k`` of ``levels`` (round half to even), then the map itself."""
+    out = []
+    lo, hi = a.min(), a.max()
+    for k in levels:
+        if k <= 1 or hi == lo:
+            out.append(a)
+        else:
+            s = (hi - lo) / (k - 1)
+            out.append(np.round((a - lo) / s) * s + lo)
+    return out + [a]
+
+
+def candidates_gudhi(q: np.ndarray, filtration: str, dims, construction: str, tau=None) -> np.ndarray:
+    """Finite pairs of the wanted dimensions as ``(low, high)`` rows (GUDHI, one complex).
+
+    ``tau``: the diagram truncated at that threshold (paper text): pairs born beyond ``tau`` are
+    dropped and those dying beyond it become essential (so are no candidates).
+    """
+    gudhi = _import_gudhi()
+    sign = 1.0 if filtration == "sublevel" else -1.0
+    x = sign * q
+    cc = gudhi.CubicalComplex(top_dimensional_cells=x) if construction == "T" else gudhi.CubicalComplex(vertices=x)
+    cc.compute_persistence(homology_coeff_field=2, min_persistence=0)
+    rows = []
+    for d in dims:
+        for b, e in cc.persistence_intervals_in_dimension(d):
+            if not np.isfinite(e) or b == e:
+                continue
+            b, e = sign * b, sign * e  # the map's units
+            if tau is not None:
+                if (b > tau) if filtration == "sublevel" else (b < tau):
+                    continue
+                if (e > tau) if filtration == "sublevel" else (e < tau):
+                    continue
+            rows.append((min(b, e), max(b, e)))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def pot_costs(P: np.ndarray, Q: np.ndarray, kind: str):
+    """SPEC 3 costs and weights between two diagrams, written out for one pair."""
+    n, m = len(P), len(Q)
+    if kind == "normalized":
+        D = np.sqrt(((P[:, None, :] - Q[None, :, :]) ** 2).sum(-1))
+        M = (D / (D.max() + 1e-12)) ** 2
+        return M, np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    M = np.zeros((n + 1, m + 1))
+    M[:n, :m] = ((P[:, None, :] - Q[None, :, :]) ** 2).sum(-1)
+    M[:n, m] = (P[:, 1] - P[:, 0]) ** 2 / 2
+    M[n, :m] = (Q[:, 1] - Q[:, 0]) ** 2 / 2
+    a = np.r_[np.ones(n), m] / (n + m)
+    b = np.r_[np.ones(m), n] / (n + m)
+    return M, a, b
+
+
+def stability_pot(P: np.ndarray, Q: np.ndarray, config):
+    """``S`` and ``M`` between two candidate lists, the plan from POT ``ot.sinkhorn``; with
+    diagonal costs, only the real rows and columns (a match to the diagonal is no match)."""
+    ot = _import_pot()
+    M, a, b = pot_costs(P, Q, config.cost)
+    G = ot.sinkhorn(a, b, M, config.reg, numItermax=config.max_iter, stopThr=config.stop_thr, warn=False)
+    S = G / (1.0 + np.sqrt(np.maximum(M, 0)))
+    return S[: len(P), : len(Q)], M[: len(P), : len(Q)]
+
+
+def rank(cands: list[dict]) -> list[dict]:
+    """``and_product`` ranking: score = S/S_max * persistence/P_max; stable sort by
+    (-score, -S_best, C_best, -persistence)."""
+    s_max = max((c["S"] for c in cands), default=0.0) or 1.0
+    p_max = max((c["high"] - c["low"] for c in cands), default=0.0) or 1.0
+    for c in cands:
+        c["score"] = (c["S"] / s_max) * ((c["high"] - c["low"]) / p_max)
+    return sorted(cands, key=lambda c: (-c["score"], -c["S"], c["C"], -(c["high"] - c["low"])))
+
+
+def pseudo_label(anomaly_map: np.ndarray, config=None):
+    """The released TopoOT pseudo-label of one map: ``(label, candidate)``.
+
+    ``label`` is a bool ``[H, W]`` array; ``candidate`` the chosen dict (filtration, low, high,
+    S, C, score) or None. Every diagram from one GUDHI ``CubicalComplex`` per level map and
+    filtration, every plan from one POT ``ot.sinkhorn`` call, float64 throughout.
+    """
+    from .selection_config import SelectionConfig
+
+    config = config or SelectionConfig()
+    a = normalise(anomaly_map)
+    if config.level_mode == "quantise":
+        maps = level_maps(a, [int(k) for k in config.levels])
+        taus = [None] * len(maps)
+    else:
+        maps = [a] * (len(config.levels) + 1)
+        taus = list(config.levels) + [None]
+    kept = {}
+    for filtration, dims in (("sublevel", config.sub_dims), ("superlevel", config.sup_dims)):
+        per_level = []
+        for q, tau in zip(maps, taus):
+            rows = candidates_gudhi(q, filtration, dims, config.construction, tau)
+            per_level.append(
+                [{"filtration": filtration, "low": lo, "high": hi, "S": 0.0, "C": np.inf} for lo, hi in rows]
+            )
+        for k in range(len(per_level)):
+            for l in range(k + 1, len(per_level)):
+                A, B = per_level[k], per_level[l]
+                if not A or not B:
+                    continue
+                P = np.array([[c["low"], c["high"]] for c in A])
+                Q = np.array([[c["low"], c["high"]] for c in B])
+                S, M = stability_pot(P, Q, config)
+                for side, S_side, M_side in ((A, S, M), (B, S.T, M.T)):
+                    for i, c in enumerate(side):
+                        j = int(np.argmax(S_side[i]))
+                        s, cost = S_side[i, j], M_side[i, j]
+                        if s > c["S"] + 1e-12:
+                            c["S"], c["C"] = s, cost
+                        elif abs(s - c["S"]) <= 1e-12:
+                            c["C"] = min(c["C"], cost)
+        kept[filtration] = rank([c for level in per_level for c in level])[: config.top_m]
+    sub, sup = kept["sublevel"], kept["superlevel"]
+    if sub and sup:
+        P = np.array([[c["low"], c["high"]] for c in sub])
+        Q = np.array([[c["low"], c["high"]] for c in sup])
+        S, M = stability_pot(P, Q, config)
+        final = []
+        for side, S_side, M_side in ((sub, S, M), (sup, S.T, M.T)):
+            for i, c in enumerate(side):
+                j = int(np.argmax(S_side[i]))
+                final.append({**c, "S": S_side[i, j], "C": M_side[i, j]})
+    else:
+        # One list: no cross-filtration comparison, so S_best = 0 and C_best = +inf (the SPEC's
+        # "never compared" values), which ranks by persistence.
+        final = [{**c, "S": 0.0, "C": np.inf} for c in sub + sup]
+    ranked = rank(final)
+    label = np.zeros(a.shape, dtype=bool)
+    for c in ranked[: config.top_k]:
+        label |= a >= max(0.0, c["high"] - config.delta(c["filtration"]))
+    return label, (ranked[0] if ranked else None)

@@ -1,0 +1,392 @@
+"""Pseudo-labels: the released TopoOT selection (SPEC 4), batched.
+
+For a batch of maps: every level map of every image goes through the persistence core in one
+call per filtration; every transport problem of the batch goes through one :func:`sinkhorn` call
+per step (all intra-filtration comparisons, then all cross-filtration ones); ranking and
+back-projection are vectorised over the batch. :func:`topoot_gpu.reference.pseudo_label` is the
+same computation written plainly for one map with GUDHI and POT.
+
+Choices where the SPEC is silent (also in the reference):
+
+* with ``cost="diagonal"``, a candidate's best stability is taken over the real points of the
+  other diagram only (a match to the diagonal is no match);
+* when only one filtration has candidates, they are ranked with the SPEC's "never compared"
+  values ``S_best = 0`` and ``C_best = +inf``, i.e. by persistence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._validation import as_map_batch, check_choice
+from .persistence import cubical_persistence
+from .selection_config import SelectionConfig
+from .transport import best_match, padded_diagram_costs, sinkhorn, stability
+
+BACKENDS = ("auto", "cpu", "reference")
+FILTRATIONS = ("sublevel", "superlevel")
+TIE = 1e-12  # SPEC 4.3: stabilities within this are a tie
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The chosen structure of one image.
+
+    ``low``/``high`` are (saddle level, peak level) in units of the normalised map; the pair's
+    birth and death pixels are flat indices into the level map it came from (``level``: index
+    into the level maps, the unquantised map last).
+    """
+
+    filtration: str
+    dim: int
+    low: float
+    high: float
+    birth_pixel: int
+    death_pixel: int
+    level: int
+    stability: float
+    cost: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Pseudo-labels of a batch.
+
+    Attributes:
+        labels: bool ``[B, H, W]`` (``[H, W]`` for one map), numpy or torch and on the device of
+            the input.
+        candidates: per image, the first-ranked :class:`Candidate`, or None.
+        thresholds: float64 ``[B]``, the back-projection threshold ``max(0, high - delta)`` of
+            the first-ranked candidate (NaN without one).
+    """
+
+    labels: Any
+    candidates: list[Candidate | None]
+    thresholds: np.ndarray
+
+
+def normalise_maps(a: np.ndarray) -> np.ndarray:
+    """Per image ``(A - min) / (max - min)`` in float64; constant images become zeros."""
+    a = a.astype(np.float64)
+    lo = a.min(axis=(1, 2), keepdims=True)
+    hi = a.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def quantised_level_maps(a: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
+    """``[B, len(levels) + 1, H, W]``: each ``k`` gives ``round((a - min) / s) * s + min``,
+    ``s = (max - min) / (k - 1)``, round half to even (``k <= 1`` or a constant map: ``a``); the map
+    itself last."""
+    lo = a.min(axis=(1, 2), keepdims=True)
+    hi = a.max(axis=(1, 2), keepdims=True)
+    out = []
+    for k in levels:
+        s = (hi - lo) / (k - 1) if k > 1 else np.ones_like(lo)
+        q = np.round((a - lo) / np.where(s > 0, s, 1.0)) * s + lo
+        out.append(np.where((k > 1) & (hi > lo), q, a))
+    return np.stack(out + [a], axis=1)
+
+
+@dataclass
+class _Table:
+    """Candidates of one filtration, one row each, ordered by (image, level, diagram order)."""
+
+    image: np.ndarray
+    level: np.ndarray
+    dim: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    birth_pixel: np.ndarray
+    death_pixel: np.ndarray
+    S: np.ndarray
+    C: np.ndarray
+
+    def take(self, idx: np.ndarray) -> _Table:
+        return _Table(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    @property
+    def persistence(self) -> np.ndarray:
+        return self.high - self.low
+
+
+def _candidates(levels: np.ndarray, filtration: str, dims: tuple[int, ...], config: SelectionConfig) -> _Table:
+    B, L = levels.shape[:2]
+    d = cubical_persistence(
+        levels.reshape(B * L, *levels.shape[2:]), filtration=filtration, construction=config.construction, dims=dims
+    )
+    keep = d.death_pixel >= 0  # finite pairs only
+    image, level = np.divmod(d.image[keep], L)
+    b, e = d.birth[keep], d.death[keep]
+    rows = dict(
+        image=image,
+        level=level,
+        dim=d.dim[keep],
+        low=np.minimum(b, e),
+        high=np.maximum(b, e),
+        birth_pixel=d.birth_pixel[keep],
+        death_pixel=d.death_pixel[keep],
+    )
+    if config.level_mode == "threshold":
+        # One map per image; level t < len(levels) is its diagram truncated at levels[t].
+        parts = []
+        for t, tau in enumerate((*config.levels, None)):
+            if tau is None:
+                sel = np.ones(len(b), dtype=bool)
+            elif filtration == "sublevel":
+                sel = (b <= tau) & (e <= tau)
+            else:
+                sel = (b >= tau) & (e >= tau)
+            parts.append({k: v[sel] for k, v in rows.items()} | {"level": np.full(int(sel.sum()), t)})
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in rows}
+    order = np.lexsort((rows["level"], rows["image"]))  # stable: diagram order within a level
+    n = len(order)
+    return _Table(**{k: v[order] for k, v in rows.items()}, S=np.zeros(n), C=np.full(n, np.inf))
+
+
+def _group_positions(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sizes of the groups and each row's position within its group (rows sorted by group)."""
+    sizes = np.bincount(group, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return sizes, np.arange(len(group)) - starts[group]
+
+
+def _stabilities(
+    P_rows: list[np.ndarray],
+    Q_rows: list[np.ndarray],
+    P_pts: list[np.ndarray],
+    Q_pts: list[np.ndarray],
+    config: SelectionConfig,
+):
+    """Solve every problem (P_k, Q_k) in one batched call; return, for every row of every P_k and
+    every column of every Q_k, its best stability and the cost there (SPEC 4.3 / 4.5)."""
+    n = np.array([len(p) for p in P_rows])
+    m = np.array([len(q) for q in Q_rows])
+    N, Mx = int(n.max()), int(m.max())
+    Pp = np.zeros((len(n), N, 2))
+    Qp = np.zeros((len(m), Mx, 2))
+    pi = np.repeat(np.arange(len(n)), n)
+    qi = np.repeat(np.arange(len(m)), m)
+    Pp[pi, np.concatenate([np.arange(k) for k in n])] = np.concatenate(P_pts)
+    Qp[qi, np.concatenate([np.arange(k) for k in m])] = np.concatenate(Q_pts)
+    M, a, b = padded_diagram_costs(
+        torch.from_numpy(Pp), torch.from_numpy(n), torch.from_numpy(Qp), torch.from_numpy(m), kind=config.cost
+    )
+    plan = sinkhorn(a, b, M, reg=config.reg, max_iter=config.max_iter, stop_thr=config.stop_thr).plan
+    S = stability(plan, M)[:, :N, :Mx]
+    M = M[:, :N, :Mx]
+    real = (torch.arange(N)[None, :, None] < torch.from_numpy(n)[:, None, None]) & (
+        torch.arange(Mx)[None, None, :] < torch.from_numpy(m)[:, None, None]
+    )
+    s_row, c_row, _ = best_match(S, M, dim=2, mask=real)
+    s_col, c_col, _ = best_match(S, M, dim=1, mask=real)
+    rows = (
+        s_row.numpy()[pi, np.concatenate([np.arange(k) for k in n])],
+        c_row.numpy()[pi, np.concatenate([np.arange(k) for k in n])],
+    )
+    cols = (
+        s_col.numpy()[qi, np.concatenate([np.arange(k) for k in m])],
+        c_col.numpy()[qi, np.concatenate([np.arange(k) for k in m])],
+    )
+    return rows, cols
+
+
+def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig) -> None:
+    """SPEC 4.3: every pair of level maps k < l, both filtrations, all images, one solver call;
+    then the best-stability updates applied in comparison order."""
+    jobs = []  # (table, rows of level k, rows of level l), in the order the updates apply
+    for f, t in tables.items():
+        group = t.image * L + t.level
+        starts = np.searchsorted(group, np.arange(B * L))
+        ends = np.searchsorted(group, np.arange(B * L), side="right")
+        for img in range(B):
+            for k in range(L):
+                for l in range(k + 1, L):
+                    rk = np.arange(starts[img * L + k], ends[img * L + k])
+                    rl = np.arange(starts[img * L + l], ends[img * L + l])
+                    if len(rk) and len(rl):
+                        jobs.append((f, rk, rl))
+    if not jobs:
+        return
+    pts = {f: np.stack([t.low, t.high], 1) for f, t in tables.items()}
+    (s_row, c_row), (s_col, c_col) = _stabilities(
+        [j[1] for j in jobs],
+        [j[2] for j in jobs],
+        [pts[j[0]][j[1]] for j in jobs],
+        [pts[j[0]][j[2]] for j in jobs],
+        config,
+    )
+    # Updates in order: per filtration and image, pairs (k, l) lexicographically. Within one
+    # comparison a candidate appears once, so each comparison is one vectorised update.
+    ro = co = 0
+    for f, rk, rl in jobs:
+        t = tables[f]
+        for rows, s, c in (
+            (rk, s_row[ro : ro + len(rk)], c_row[ro : ro + len(rk)]),
+            (rl, s_col[co : co + len(rl)], c_col[co : co + len(rl)]),
+        ):
+            better = s > t.S[rows] + TIE
+            tie = np.abs(s - t.S[rows]) <= TIE
+            t.C[rows] = np.where(better, c, np.where(tie, np.minimum(t.C[rows], c), t.C[rows]))
+            t.S[rows] = np.where(better, s, t.S[rows])
+        ro += len(rk)
+        co += len(rl)
+
+
+def _rank(group: np.ndarray, n_groups: int, S: np.ndarray, C: np.ndarray, pers: np.ndarray):
+    """SPEC 4.4 within each group: score = S/S_max * pers/P_max (zero maxima count as 1), stable
+    sort by (-score, -S, C, -pers). Returns the order (grouped) and the scores."""
+    s_max = np.zeros(n_groups)
+    p_max = np.zeros(n_groups)
+    np.maximum.at(s_max, group, S)
+    np.maximum.at(p_max, group, pers)
+    s_max[s_max == 0] = 1.0
+    p_max[p_max == 0] = 1.0
+    score = (S / s_max[group]) * (pers / p_max[group])
+    return np.lexsort((-pers, C, -S, -score, group)), score
+
+
+def pseudo_labels(maps: Any, *, config: SelectionConfig | None = None, backend: str = "auto") -> Selection:
+    """Pseudo-labels of a batch of anomaly maps, the released TopoOT selection (SPEC 4).
+
+    Args:
+        maps: ``[B, H, W]`` or ``[H, W]``, numpy or torch, any floating dtype, finite.
+        config: a :class:`SelectionConfig` (defaults: the released implementation).
+        backend: ``"auto"``/``"cpu"`` (the C++ persistence core and batched Sinkhorn),
+            ``"reference"`` (:func:`topoot_gpu.reference.pseudo_label` map by map; test extra).
+
+    Returns:
+        A :class:`Selection`: bool labels on the input's device and kind, the chosen candidate
+        and the threshold of each image.
+    """
+    config = SelectionConfig() if config is None else config
+    if not isinstance(config, SelectionConfig):
+        raise ValueError(f"config: expected a SelectionConfig, got {type(config).__name__}")
+    check_choice("backend", backend, BACKENDS)
+    batch = as_map_batch(maps)
+    a = normalise_maps(batch.array)
+    B = a.shape[0]
+    if backend == "reference":
+        labels, candidates, thresholds = _reference(a, config)
+    else:
+        labels, candidates, thresholds = _select(a, config)
+    if batch.squeezed:
+        labels = labels[0]
+    if batch.is_torch:
+        labels = torch.from_numpy(labels).to(batch.device)
+    assert len(candidates) == B
+    return Selection(labels, candidates, thresholds)
+
+
+def _reference(a: np.ndarray, config: SelectionConfig):
+    from .reference import pseudo_label
+
+    labels, cands, thr = [], [], []
+    for img in a:
+        label, c = pseudo_label(img, config)
+        labels.append(label)
+        if c is None:
+            cands.append(None)
+            thr.append(np.nan)
+            continue
+        cands.append(Candidate(c["filtration"], -1, c["low"], c["high"], -1, -1, -1, c["S"], c["C"], c["score"]))
+        thr.append(max(0.0, c["high"] - config.delta(c["filtration"])))
+    return np.stack(labels), cands, np.array(thr)
+
+
+def _select(a: np.ndarray, config: SelectionConfig):
+    B = a.shape[0]
+    if config.level_mode == "quantise":
+        levels = quantised_level_maps(a, config.levels)
+    else:
+        levels = a[:, None]
+    L = config.n_level_maps
+    dims = {"sublevel": config.sub_dims, "superlevel": config.sup_dims}
+    tables = {f: _candidates(levels, f, dims[f], config) for f in FILTRATIONS if dims[f]}
+    _intra(tables, B, L, config)
+
+    # SPEC 4.4: rank each (image, filtration) over all its level maps, keep the first top_m.
+    kept = {}
+    for f, t in tables.items():
+        order, _ = _rank(t.image, B, t.S, t.C, t.persistence)
+        _, pos = _group_positions(t.image[order], B)
+        kept[f] = t.take(order[pos < config.top_m])
+
+    # SPEC 4.5: across filtrations, one solver call for the images with both lists.
+    sub = kept.get("sublevel")
+    sup = kept.get("superlevel")
+    final_parts = []
+    for f, t in kept.items():
+        final_parts.append((f, t.take(np.arange(len(t.image)))))
+    for _, t in final_parts:  # images with one list: never compared
+        t.S[:] = 0.0
+        t.C[:] = np.inf
+    if sub is not None and sup is not None:
+        both = np.intersect1d(np.unique(sub.image), np.unique(sup.image))
+        if len(both):
+            rs = [np.flatnonzero(sub.image == i) for i in both]
+            rq = [np.flatnonzero(sup.image == i) for i in both]
+            (s_row, c_row), (s_col, c_col) = _stabilities(
+                rs,
+                rq,
+                [np.stack([sub.low, sub.high], 1)[r] for r in rs],
+                [np.stack([sup.low, sup.high], 1)[r] for r in rq],
+                config,
+            )
+            rs, rq = np.concatenate(rs), np.concatenate(rq)
+            final_parts[0][1].S[rs], final_parts[0][1].C[rs] = s_row, c_row
+            final_parts[1][1].S[rq], final_parts[1][1].C[rq] = s_col, c_col
+
+    # Final ranking per image over the union (sublevel list first, as in the reference).
+    fil = np.concatenate([np.full(len(t.image), i) for i, (_, t) in enumerate(final_parts)]) if final_parts else []
+    union = _concat([t for _, t in final_parts])
+    image_order = np.argsort(union.image, kind="stable")
+    union, fil = union.take(image_order), np.asarray(fil)[image_order]
+    order, score = _rank(union.image, B, union.S, union.C, union.persistence)
+    img_sorted = union.image[order]
+    _, pos = _group_positions(img_sorted, B)
+    names = [f for f, _ in final_parts]
+    labels = np.zeros(a.shape, dtype=bool)
+    candidates: list[Candidate | None] = [None] * B
+    thresholds = np.full(B, np.nan)
+    deltas = np.array([config.delta(f) for f in names])
+    for r in range(config.top_k):
+        chosen = order[pos == r]
+        img = union.image[chosen]
+        thr = np.maximum(0.0, union.high[chosen] - deltas[fil[chosen]])
+        labels[img] |= a[img] >= thr[:, None, None]
+        if r == 0:
+            thresholds[img] = thr
+            for j, i in zip(chosen, img):
+                candidates[i] = Candidate(
+                    names[fil[j]],
+                    int(union.dim[j]),
+                    float(union.low[j]),
+                    float(union.high[j]),
+                    int(union.birth_pixel[j]),
+                    int(union.death_pixel[j]),
+                    int(union.level[j]),
+                    float(union.S[j]),
+                    float(union.C[j]),
+                    float(score[j]),
+                )
+    return labels, candidates, thresholds
+
+
+def _concat(tables: list[_Table]) -> _Table:
+    fields = _Table.__dataclass_fields__
+    if not tables:
+        return _Table(
+            *(
+                np.zeros(
+                    0, dtype=np.int64 if f in ("image", "level", "dim", "birth_pixel", "death_pixel") else np.float64
+                )
+                for f in fields
+            )
+        )
+    return _Table(*(np.concatenate([getattr(t, f) for t in tables]) for f in fields))
