@@ -165,7 +165,10 @@ def candidates_gudhi(q: np.ndarray, filtration: str, dims, construction: str, ta
                 if (e > tau) if filtration == "sublevel" else (e < tau):
                     continue
             rows.append((min(b, e), max(b, e)))
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+    # A level map's candidates in (low, high) order: exact ties in the ranking fall back on this
+    # order, which must not be GUDHI's internal one (see topoot_gpu.selection).
+    return rows[np.lexsort((rows[:, 1], rows[:, 0]))]
 
 
 def pot_costs(P: np.ndarray, Q: np.ndarray, kind: str):
@@ -208,7 +211,9 @@ def pseudo_label(anomaly_map: np.ndarray, config=None):
     """The released TopoOT pseudo-label of one map: ``(label, candidate)``.
 
     ``label`` is a bool ``[H, W]`` array; ``candidate`` the chosen dict (filtration, low, high,
-    S, C, score) or None. Every diagram from one GUDHI ``CubicalComplex`` per level map and
+    S, C, score, and margin: how far it is from a candidate giving another label, the largest gap
+    over the ranking's sort keys) or None. Every diagram from one
+    GUDHI ``CubicalComplex`` per level map and
     filtration, every plan from one POT ``ot.sinkhorn`` call, float64 throughout.
     """
     from .selection_config import SelectionConfig
@@ -230,8 +235,8 @@ def pseudo_label(anomaly_map: np.ndarray, config=None):
                 [{"filtration": filtration, "low": lo, "high": hi, "S": 0.0, "C": np.inf} for lo, hi in rows]
             )
         for k in range(len(per_level)):
-            for l in range(k + 1, len(per_level)):
-                A, B = per_level[k], per_level[l]
+            for j in range(k + 1, len(per_level)):
+                A, B = per_level[k], per_level[j]
                 if not A or not B:
                     continue
                 P = np.array([[c["low"], c["high"]] for c in A])
@@ -264,4 +269,16 @@ def pseudo_label(anomaly_map: np.ndarray, config=None):
     label = np.zeros(a.shape, dtype=bool)
     for c in ranked[: config.top_k]:
         label |= a >= max(0.0, c["high"] - config.delta(c["filtration"]))
-    return label, (ranked[0] if ranked else None)
+    if not ranked:
+        return label, None
+    # How far the choice is from a tie that matters: against the best candidate that would give
+    # another label (another filtration or peak level), the largest gap over the sort keys
+    # (score, S, C, persistence). Within 1e-9 on all of them, rounding decides the order.
+    first = ranked[0]
+    rival = next((c for c in ranked[1:] if (c["filtration"], c["high"]) != (first["filtration"], first["high"])), None)
+    margin = np.inf
+    if rival is not None:
+        gaps = [abs(first[k] - rival[k]) if first[k] != rival[k] else 0.0 for k in ("score", "S", "C")]
+        gaps.append(abs((first["high"] - first["low"]) - (rival["high"] - rival["low"])))
+        margin = max(gaps)
+    return label, {**ranked[0], "margin": margin}

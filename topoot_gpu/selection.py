@@ -11,7 +11,11 @@ Choices where the SPEC is silent (also in the reference):
 * with ``cost="diagonal"``, a candidate's best stability is taken over the real points of the
   other diagram only (a match to the diagonal is no match);
 * when only one filtration has candidates, they are ranked with the SPEC's "never compared"
-  values ``S_best = 0`` and ``C_best = +inf``, i.e. by persistence.
+  values ``S_best = 0`` and ``C_best = +inf``, i.e. by persistence;
+* the ranking's sort is stable, so exact ties keep list order: level maps in order and, within a
+  level map, candidates in increasing ``(low, high)``. The released code inherits GUDHI's internal
+  pair order there, which no contract fixes; a canonical order makes the top-m cut and the choice
+  independent of it (identical points are interchangeable: they get identical plan rows).
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_map_batch, check_choice
+from ._validation import as_map_batch, check_choice, check_threads
 from .persistence import cubical_persistence
 from .selection_config import SelectionConfig
-from .transport import best_match, padded_diagram_costs, sinkhorn, stability
+from .transport import SCALING_LIMIT
 
 BACKENDS = ("auto", "cpu", "reference")
 FILTRATIONS = ("sublevel", "superlevel")
@@ -95,7 +99,7 @@ def quantised_level_maps(a: np.ndarray, levels: tuple[float, ...]) -> np.ndarray
 
 @dataclass
 class _Table:
-    """Candidates of one filtration, one row each, ordered by (image, level, diagram order)."""
+    """Candidates of one filtration, one row each, ordered by (image, level, low, high)."""
 
     image: np.ndarray
     level: np.ndarray
@@ -144,7 +148,7 @@ def _candidates(levels: np.ndarray, filtration: str, dims: tuple[int, ...], conf
                 sel = (b >= tau) & (e >= tau)
             parts.append({k: v[sel] for k, v in rows.items()} | {"level": np.full(int(sel.sum()), t)})
         rows = {k: np.concatenate([p[k] for p in parts]) for k in rows}
-    order = np.lexsort((rows["level"], rows["image"]))  # stable: diagram order within a level
+    order = np.lexsort((rows["high"], rows["low"], rows["level"], rows["image"]))
     n = len(order)
     return _Table(**{k: v[order] for k, v in rows.items()}, S=np.zeros(n), C=np.full(n, np.inf))
 
@@ -156,86 +160,101 @@ def _group_positions(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.n
     return sizes, np.arange(len(group)) - starts[group]
 
 
-def _stabilities(
-    P_rows: list[np.ndarray],
-    Q_rows: list[np.ndarray],
-    P_pts: list[np.ndarray],
-    Q_pts: list[np.ndarray],
-    config: SelectionConfig,
-):
-    """Solve every problem (P_k, Q_k) in one batched call; return, for every row of every P_k and
-    every column of every Q_k, its best stability and the cost there (SPEC 4.3 / 4.5)."""
-    n = np.array([len(p) for p in P_rows])
-    m = np.array([len(q) for q in Q_rows])
-    N, Mx = int(n.max()), int(m.max())
-    Pp = np.zeros((len(n), N, 2))
-    Qp = np.zeros((len(m), Mx, 2))
-    pi = np.repeat(np.arange(len(n)), n)
-    qi = np.repeat(np.arange(len(m)), m)
-    Pp[pi, np.concatenate([np.arange(k) for k in n])] = np.concatenate(P_pts)
-    Qp[qi, np.concatenate([np.arange(k) for k in m])] = np.concatenate(Q_pts)
-    M, a, b = padded_diagram_costs(
-        torch.from_numpy(Pp), torch.from_numpy(n), torch.from_numpy(Qp), torch.from_numpy(m), kind=config.cost
+def _ragged(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Problems whose points are the table rows ``starts[k] .. starts[k] + sizes[k]``: every such
+    row, its problem and its position in the problem."""
+    prob = np.repeat(np.arange(len(sizes)), sizes)
+    pos = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return starts[prob] + pos, prob, pos
+
+
+@dataclass
+class _Side:
+    """One side (P or Q) of a batch of transport problems: the points of every problem, in problem
+    order (``prob`` nondecreasing), and the problems' sizes."""
+
+    pts: np.ndarray
+    prob: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+
+def _best_stabilities(P: _Side, Q: _Side, config: SelectionConfig):
+    """Solve every problem (P_k, Q_k) in one batched call of the C++ core (SPEC 3 costs, POT's
+    Sinkhorn iterates, the domain chosen per problem as :func:`sinkhorn` chooses it per batch);
+    return, for every point of P, its best stability over its row and the cost there, and the
+    same for every point of Q over its column (SPEC 4.3 and 4.5). Nothing padded to the largest
+    problem is built."""
+    from . import _C
+
+    s_row, c_row, s_col, c_col, _ = _C.diagram_stability(
+        np.ascontiguousarray(P.pts, dtype=np.float64),
+        P.offsets,
+        np.ascontiguousarray(Q.pts, dtype=np.float64),
+        Q.offsets,
+        config.cost == "diagonal",
+        float(config.reg),
+        int(config.max_iter),
+        float(config.stop_thr),
+        SCALING_LIMIT[torch.float64],
+        check_threads(None),
     )
-    plan = sinkhorn(a, b, M, reg=config.reg, max_iter=config.max_iter, stop_thr=config.stop_thr).plan
-    S = stability(plan, M)[:, :N, :Mx]
-    M = M[:, :N, :Mx]
-    real = (torch.arange(N)[None, :, None] < torch.from_numpy(n)[:, None, None]) & (
-        torch.arange(Mx)[None, None, :] < torch.from_numpy(m)[:, None, None]
-    )
-    s_row, c_row, _ = best_match(S, M, dim=2, mask=real)
-    s_col, c_col, _ = best_match(S, M, dim=1, mask=real)
-    rows = (
-        s_row.numpy()[pi, np.concatenate([np.arange(k) for k in n])],
-        c_row.numpy()[pi, np.concatenate([np.arange(k) for k in n])],
-    )
-    cols = (
-        s_col.numpy()[qi, np.concatenate([np.arange(k) for k in m])],
-        c_col.numpy()[qi, np.concatenate([np.arange(k) for k in m])],
-    )
-    return rows, cols
+    return (s_row, c_row), (s_col, c_col)
 
 
 def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig) -> None:
-    """SPEC 4.3: every pair of level maps k < l, both filtrations, all images, one solver call;
-    then the best-stability updates applied in comparison order."""
-    jobs = []  # (table, rows of level k, rows of level l), in the order the updates apply
+    """SPEC 4.3: the comparisons of every pair of level maps k < l, both filtrations, all images,
+    in one solver call; then the best-stability updates, comparison by comparison in order (a
+    candidate's comparisons are ordered by (k, l); images are independent)."""
+    jobs = []  # (filtration, rows of the k side, rows of the l side, their problems' sizes)
     for f, t in tables.items():
-        group = t.image * L + t.level
-        starts = np.searchsorted(group, np.arange(B * L))
-        ends = np.searchsorted(group, np.arange(B * L), side="right")
-        for img in range(B):
-            for k in range(L):
-                for l in range(k + 1, L):
-                    rk = np.arange(starts[img * L + k], ends[img * L + k])
-                    rl = np.arange(starts[img * L + l], ends[img * L + l])
-                    if len(rk) and len(rl):
-                        jobs.append((f, rk, rl))
+        sizes, _ = _group_positions(t.image * L + t.level, B * L)
+        sizes = sizes.reshape(B, L)
+        starts = (np.cumsum(sizes.ravel()) - sizes.ravel()).reshape(B, L)
+        for k in range(L):
+            for j in range(k + 1, L):
+                imgs = np.flatnonzero((sizes[:, k] > 0) & (sizes[:, j] > 0))
+                if len(imgs):
+                    jobs.append(
+                        (
+                            f,
+                            _ragged(starts[imgs, k], sizes[imgs, k]),
+                            sizes[imgs, k],
+                            _ragged(starts[imgs, j], sizes[imgs, j]),
+                            sizes[imgs, j],
+                        )
+                    )
     if not jobs:
         return
     pts = {f: np.stack([t.low, t.high], 1) for f, t in tables.items()}
-    (s_row, c_row), (s_col, c_col) = _stabilities(
-        [j[1] for j in jobs],
-        [j[2] for j in jobs],
-        [pts[j[0]][j[1]] for j in jobs],
-        [pts[j[0]][j[2]] for j in jobs],
-        config,
+    offsets = np.cumsum([0] + [len(job[2]) for job in jobs])
+    P = _Side(
+        np.concatenate([pts[f][rk[0]] for f, rk, _, _, _ in jobs]),
+        np.concatenate([rk[1] + o for (_, rk, _, _, _), o in zip(jobs, offsets)]),
+        np.concatenate([job[2] for job in jobs]),
     )
-    # Updates in order: per filtration and image, pairs (k, l) lexicographically. Within one
-    # comparison a candidate appears once, so each comparison is one vectorised update.
+    Q = _Side(
+        np.concatenate([pts[f][rl[0]] for f, _, _, rl, _ in jobs]),
+        np.concatenate([rl[1] + o for (_, _, _, rl, _), o in zip(jobs, offsets)]),
+        np.concatenate([job[4] for job in jobs]),
+    )
+    (s_row, c_row), (s_col, c_col) = _best_stabilities(P, Q, config)
     ro = co = 0
-    for f, rk, rl in jobs:
+    for f, rk, _, rl, _ in jobs:
         t = tables[f]
         for rows, s, c in (
-            (rk, s_row[ro : ro + len(rk)], c_row[ro : ro + len(rk)]),
-            (rl, s_col[co : co + len(rl)], c_col[co : co + len(rl)]),
+            (rk[0], s_row[ro : ro + len(rk[0])], c_row[ro : ro + len(rk[0])]),
+            (rl[0], s_col[co : co + len(rl[0])], c_col[co : co + len(rl[0])]),
         ):
             better = s > t.S[rows] + TIE
             tie = np.abs(s - t.S[rows]) <= TIE
             t.C[rows] = np.where(better, c, np.where(tie, np.minimum(t.C[rows], c), t.C[rows]))
             t.S[rows] = np.where(better, s, t.S[rows])
-        ro += len(rk)
-        co += len(rl)
+        ro += len(rk[0])
+        co += len(rl[0])
 
 
 def _rank(group: np.ndarray, n_groups: int, S: np.ndarray, C: np.ndarray, pers: np.ndarray):
@@ -310,43 +329,41 @@ def _select(a: np.ndarray, config: SelectionConfig):
     tables = {f: _candidates(levels, f, dims[f], config) for f in FILTRATIONS if dims[f]}
     _intra(tables, B, L, config)
 
-    # SPEC 4.4: rank each (image, filtration) over all its level maps, keep the first top_m.
+    # SPEC 4.4: rank each (image, filtration) over all its level maps, keep the first top_m
+    # (kept in ranked order, grouped by image).
     kept = {}
     for f, t in tables.items():
         order, _ = _rank(t.image, B, t.S, t.C, t.persistence)
         _, pos = _group_positions(t.image[order], B)
         kept[f] = t.take(order[pos < config.top_m])
 
-    # SPEC 4.5: across filtrations, one solver call for the images with both lists.
-    sub = kept.get("sublevel")
-    sup = kept.get("superlevel")
-    final_parts = []
-    for f, t in kept.items():
-        final_parts.append((f, t.take(np.arange(len(t.image)))))
-    for _, t in final_parts:  # images with one list: never compared
+    # SPEC 4.5: across filtrations, one solver call for the images with both lists. A list
+    # with no partner is ranked with the "never compared" values S = 0, C = +inf.
+    final_parts = [(f, t.take(np.arange(len(t.image)))) for f, t in kept.items()]
+    for _, t in final_parts:
         t.S[:] = 0.0
         t.C[:] = np.inf
-    if sub is not None and sup is not None:
-        both = np.intersect1d(np.unique(sub.image), np.unique(sup.image))
+    if len(final_parts) == 2:
+        (_, sub), (_, sup) = final_parts
+        n_sub, _ = _group_positions(sub.image, B)
+        n_sup, _ = _group_positions(sup.image, B)
+        both = np.flatnonzero((n_sub > 0) & (n_sup > 0))
         if len(both):
-            rs = [np.flatnonzero(sub.image == i) for i in both]
-            rq = [np.flatnonzero(sup.image == i) for i in both]
-            (s_row, c_row), (s_col, c_col) = _stabilities(
-                rs,
-                rq,
-                [np.stack([sub.low, sub.high], 1)[r] for r in rs],
-                [np.stack([sup.low, sup.high], 1)[r] for r in rq],
+            rs = _ragged((np.cumsum(n_sub) - n_sub)[both], n_sub[both])
+            rq = _ragged((np.cumsum(n_sup) - n_sup)[both], n_sup[both])
+            (s_row, c_row), (s_col, c_col) = _best_stabilities(
+                _Side(np.stack([sub.low, sub.high], 1)[rs[0]], rs[1], n_sub[both]),
+                _Side(np.stack([sup.low, sup.high], 1)[rq[0]], rq[1], n_sup[both]),
                 config,
             )
-            rs, rq = np.concatenate(rs), np.concatenate(rq)
-            final_parts[0][1].S[rs], final_parts[0][1].C[rs] = s_row, c_row
-            final_parts[1][1].S[rq], final_parts[1][1].C[rq] = s_col, c_col
+            sub.S[rs[0]], sub.C[rs[0]] = s_row, c_row
+            sup.S[rq[0]], sup.C[rq[0]] = s_col, c_col
 
     # Final ranking per image over the union (sublevel list first, as in the reference).
-    fil = np.concatenate([np.full(len(t.image), i) for i, (_, t) in enumerate(final_parts)]) if final_parts else []
+    fil = np.concatenate([np.full(len(t.image), i) for i, (_, t) in enumerate(final_parts)] + [np.zeros(0, int)])
     union = _concat([t for _, t in final_parts])
     image_order = np.argsort(union.image, kind="stable")
-    union, fil = union.take(image_order), np.asarray(fil)[image_order]
+    union, fil = union.take(image_order), fil[image_order]
     order, score = _rank(union.image, B, union.S, union.C, union.persistence)
     img_sorted = union.image[order]
     _, pos = _group_positions(img_sorted, B)

@@ -63,3 +63,30 @@ def quantised_maps(rng: np.random.Generator, batch: int, height: int, width: int
     hi = m.max(axis=(1, 2), keepdims=True)
     m = (m - lo) / np.where(hi > lo, hi - lo, 1.0)
     return np.round(m * (levels - 1)) / (levels - 1)
+
+
+def ring_maps(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+    """An island inside a hole inside a bright ring, on smooth noise: nested H0 and H1 structure."""
+    ii, jj = np.mgrid[0:height, 0:width]
+    out = 0.2 * smooth_maps(rng, batch, height, width, sigma=max(1.0, min(height, width) / 12))
+    for b in range(batch):
+        ci, cj = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+        r = np.hypot(ii - ci, jj - cj) / (min(height, width) / 2)
+        R = rng.uniform(0.4, 0.7)
+        out[b] += np.exp(-(((r - R) / 0.08) ** 2)) + rng.uniform(0.3, 0.8) * np.exp(-((r / 0.12) ** 2))
+    return out
+
+
+def scratch_maps(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+    """Thin bright line segments (one or two pixels wide) on smooth noise."""
+    out = 0.3 * smooth_maps(rng, batch, height, width, sigma=max(1.0, min(height, width) / 16))
+    for b in range(batch):
+        for _ in range(rng.integers(1, 3)):
+            i0, j0 = rng.integers(0, height), rng.integers(0, width)
+            angle = rng.uniform(0, np.pi)
+            length = rng.integers(max(2, min(height, width) // 4), max(3, min(height, width)))
+            t = np.arange(length)
+            i = np.clip(np.round(i0 + t * np.sin(angle)).astype(int), 0, height - 1)
+            j = np.clip(np.round(j0 + t * np.cos(angle)).astype(int), 0, width - 1)
+            out[b, i, j] += rng.uniform(0.6, 1.0)
+    return out

@@ -331,6 +331,15 @@ def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Te
     for k in range(B):
         Pp[k, : n[k]] = Ps[k]
         Qp[k, : m[k]] = Qs[k]
+    return padded_diagram_costs(Pp, n, Qp, m, kind=kind)
+
+
+def padded_diagram_costs(
+    Pp: torch.Tensor, n: torch.Tensor, Qp: torch.Tensor, m: torch.Tensor, *, kind: str = "normalized"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`diagram_costs` of diagrams already padded: ``Pp [B, N, 2]`` with ``n [B]`` real
+    points each, ``Qp [B, Mx, 2]`` with ``m [B]``."""
+    B, N, Mx = Pp.shape[0], Pp.shape[1], Qp.shape[1]
     row = torch.arange(N)[None, :] < n[:, None]
     col = torch.arange(Mx)[None, :] < m[:, None]
     real = row[:, :, None] & col[:, None, :]

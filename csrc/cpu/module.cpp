@@ -111,6 +111,31 @@ py::tuple sinkhorn_impl(const py::array_t<T, py::array::c_style>& a, const py::a
   return py::make_tuple(plan, log_u, log_v, n_iter, err);
 }
 
+py::tuple diagram_stability(const py::array_t<double, py::array::c_style>& P, const py::array_t<int64_t, py::array::c_style>& p_off,
+                            const py::array_t<double, py::array::c_style>& Q, const py::array_t<int64_t, py::array::c_style>& q_off,
+                            bool diagonal, double reg, int64_t max_iter, double stop_thr, double scaling_limit,
+                            int num_threads) {
+  const int64_t B = p_off.shape(0) - 1;
+  if (B < 0 || q_off.shape(0) != B + 1) throw std::invalid_argument("p_off, q_off: expected B + 1 offsets each");
+  const int64_t np_ = p_off.data()[B], nq = q_off.data()[B];
+  if (P.ndim() != 2 || P.shape(0) != np_ || P.shape(1) != 2) throw std::invalid_argument("P: expected [p_off[-1], 2]");
+  if (Q.ndim() != 2 || Q.shape(0) != nq || Q.shape(1) != 2) throw std::invalid_argument("Q: expected [q_off[-1], 2]");
+  if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
+  topoot::SinkhornOptions opt;
+  opt.reg = reg;
+  opt.max_iter = max_iter;
+  opt.stop_thr = stop_thr;
+  py::array_t<double> s_row(np_), c_row(np_), s_col(nq), c_col(nq);
+  py::array_t<int64_t> n_iter(B);
+  {
+    py::gil_scoped_release release;
+    topoot::diagram_stability_batch(P.data(), p_off.data(), Q.data(), q_off.data(), B, diagonal, opt, scaling_limit,
+                                    num_threads, s_row.mutable_data(), c_row.mutable_data(), s_col.mutable_data(),
+                                    c_col.mutable_data(), n_iter.mutable_data());
+  }
+  return py::make_tuple(s_row, c_row, s_col, c_col, n_iter);
+}
+
 // One pass over a padded batch of problems for the checks and the domain
 // choice: (a, b, M all finite, a >= 0, b >= 0, max |M| over real entries).
 template <typename T>
@@ -153,6 +178,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
   m.def("sinkhorn_stats_f32", &sinkhorn_stats_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"));
   m.def("sinkhorn_stats_f64", &sinkhorn_stats_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"));
+  m.def("diagram_stability", &diagram_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
+        py::arg("diagonal"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("scaling_limit"),
+        py::arg("num_threads"));
   m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),
         py::arg("max_iter"), py::arg("stop_thr"), py::arg("log_domain"), py::arg("num_threads"));
   m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),
