@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*)
+$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard topoot_gpu/*.py)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q .
 	touch $@
@@ -31,3 +31,5 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_persistence.py
+	$(BIN)/python benchmarks/bench_sinkhorn.py
+	$(BIN)/python benchmarks/bench_selection.py
