@@ -14,6 +14,8 @@ def test_demo_runs_end_to_end():
     assert "H1 pairs" in out.stdout and "pseudo-labels" in out.stdout and "pixels" in out.stdout
 
 
-def test_bad_arguments_exit_nonzero():
-    out = subprocess.run([sys.executable, "-m", "topoot_gpu", "demo", "--size", "0"], capture_output=True, text=True)
+def test_bad_arguments_exit_nonzero(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "topoot_gpu", "demo", "--size", "0"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.returncode != 0 and "size" in out.stderr
