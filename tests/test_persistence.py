@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from topoot_gpu import Diagrams, cubical_persistence
-from topoot_gpu.testing import blob_maps, quantised_maps, smooth_maps, tied_maps
+from topoot_gpu.testing import (
+    blob_maps,
+    numpy_float_dtypes,
+    quantised_maps,
+    smooth_maps,
+    tied_maps,
+    torch_float_dtypes,
+)
 
 gudhi = pytest.importorskip("gudhi")
 
@@ -93,7 +100,7 @@ def test_parity_large(rng, kind):
         assert_pixels_consistent(maps, d)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", numpy_float_dtypes)
 def test_numpy_dtypes(rng, dtype):
     maps = quantised_maps(rng, 2, 20, 23, levels=50).astype(dtype)
     for construction, filtration in CASES:
@@ -105,7 +112,7 @@ def test_numpy_dtypes(rng, dtype):
                 assert our_pairs(e, b, dim) == our_pairs(d, b, dim)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", torch_float_dtypes)
 def test_torch_inputs(rng, dtype):
     t = torch.from_numpy(blob_maps(rng, 2, 19, 26)).to(dtype)
     exact = t.double().numpy()  # the values the tensor really holds

@@ -14,15 +14,14 @@ import torch
 class MapBatch:
     """A validated batch of maps as a C-contiguous float32/float64 numpy array ``[B, H, W]``.
 
-    ``squeezed`` records that the caller passed a single ``[H, W]`` map; ``is_torch``,
-    ``device`` and ``dtype`` describe the caller's input so results can go back to it.
+    ``squeezed`` records that the caller passed a single ``[H, W]`` map; ``is_torch`` and
+    ``device`` describe the caller's input so results can go back to it.
     """
 
     array: np.ndarray
     squeezed: bool
     is_torch: bool
     device: torch.device
-    dtype: Any
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -49,7 +48,7 @@ def as_map_batch(maps: Any, name: str = "maps", *, check_finite: bool = True) ->
     if isinstance(maps, torch.Tensor):
         if not maps.is_floating_point():
             raise ValueError(f"{name}: expected a floating dtype, got {maps.dtype}")
-        device, dtype, is_torch = maps.device, maps.dtype, True
+        device, is_torch = maps.device, True
         t = maps.detach()
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
@@ -57,7 +56,7 @@ def as_map_batch(maps: Any, name: str = "maps", *, check_finite: bool = True) ->
     elif isinstance(maps, np.ndarray):
         if maps.dtype.kind != "f":
             raise ValueError(f"{name}: expected a floating dtype, got {maps.dtype}")
-        device, dtype, is_torch = torch.device("cpu"), maps.dtype, False
+        device, is_torch = torch.device("cpu"), False
         arr = maps.astype(np.float32) if maps.dtype == np.float16 else maps
         if arr.dtype not in (np.float32, np.float64):
             arr = arr.astype(np.float64)
@@ -71,4 +70,4 @@ def as_map_batch(maps: Any, name: str = "maps", *, check_finite: bool = True) ->
         raise ValueError(f"{name}: contains NaN or infinite values")
     squeezed = arr.ndim == 2
     arr = np.ascontiguousarray(arr[None] if squeezed else arr)
-    return MapBatch(arr, squeezed, is_torch, device, dtype)
+    return MapBatch(arr, squeezed, is_torch, device)

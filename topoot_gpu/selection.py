@@ -289,7 +289,6 @@ def pseudo_labels(maps: Any, *, config: SelectionConfig | None = None, backend: 
     check_choice("backend", backend, BACKENDS)
     batch = as_map_batch(maps)
     a = normalise_maps(batch.array)
-    B = a.shape[0]
     if backend == "reference":
         labels, candidates, thresholds = _reference(a, config)
     else:
@@ -298,7 +297,6 @@ def pseudo_labels(maps: Any, *, config: SelectionConfig | None = None, backend: 
         labels = labels[0]
     if batch.is_torch:
         labels = torch.from_numpy(labels).to(batch.device)
-    assert len(candidates) == B
     return Selection(labels, candidates, thresholds)
 
 
@@ -339,7 +337,7 @@ def _select(a: np.ndarray, config: SelectionConfig):
 
     # SPEC 4.5: across filtrations, one solver call for the images with both lists. A list
     # with no partner is ranked with the "never compared" values S = 0, C = +inf.
-    final_parts = [(f, t.take(np.arange(len(t.image)))) for f, t in kept.items()]
+    final_parts = list(kept.items())
     for _, t in final_parts:
         t.S[:] = 0.0
         t.C[:] = np.inf

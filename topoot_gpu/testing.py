@@ -1,4 +1,4 @@
-"""What tests and benchmarks share: devices, dtypes, and generators of maps.
+"""What tests and benchmarks share: the input dtypes, and generators of maps.
 
 Generators take a ``numpy.random.Generator`` so that every caller controls (and can print)
 its seed.
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-#: Devices on which tests run: the CPU, and CUDA when present.
-devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 #: Input dtypes every entry point accepts.
 numpy_float_dtypes = [np.float16, np.float32, np.float64]
