@@ -1,5 +1,8 @@
 """topoot_gpu: persistence-and-transport kernels for TopoOT anomaly segmentation."""
 
+from .head import map_features, train_heads
+from .head_config import HeadConfig
+from .op import RefineConfig, RefineResult, refine
 from .persistence import Diagrams, cubical_persistence
 from .selection import Candidate, Selection, pseudo_labels
 from .selection_config import SelectionConfig
@@ -8,14 +11,20 @@ from .transport import SinkhornResult, best_match, diagram_costs, sinkhorn, stab
 __all__ = [
     "Candidate",
     "Diagrams",
+    "HeadConfig",
+    "RefineConfig",
+    "RefineResult",
     "Selection",
     "SelectionConfig",
     "SinkhornResult",
     "best_match",
     "cubical_persistence",
     "diagram_costs",
+    "map_features",
     "pseudo_labels",
+    "refine",
     "sinkhorn",
     "stability",
+    "train_heads",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,203 @@
+"""The head (SPEC 5): the fused losses against autograd through the plain formulas, the batched
+head against the released head (reference.train_head), batching, determinism, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from topoot_gpu import HeadConfig, map_features, pseudo_labels, train_heads
+from topoot_gpu import _random as rnd
+from topoot_gpu import head as hd
+from topoot_gpu.reference import ot_consistency_loss, train_head
+from topoot_gpu.selection import normalise_maps
+from topoot_gpu.testing import blob_maps, ring_maps, scratch_maps
+
+AGREEMENT = 0.999  # SPEC 6: masks agree on at least 99.9% of pixels
+
+
+def test_hash_is_the_same_in_python_and_torch(rng):
+    x = torch.from_numpy(rng.integers(0, 2**32, 1000, dtype=np.int64))
+    assert rnd._mix(x).tolist() == [rnd._mix_int(int(v)) for v in x]
+    bits = rnd.random_u32(int(rng.integers(0, 2**62)), 3, 200_000)
+    assert int(bits.min()) >= 0 and int(bits.max()) < 2**32
+    assert abs(bits.double().mean().item() / 2**32 - 0.5) < 0.01
+    n = int(rng.integers(1, 2**31))
+    idx = rnd.uniform_index(bits, n)
+    assert int(idx.min()) >= 0 and int(idx.max()) < n
+
+
+def test_partners_have_the_right_labels_and_are_uniform(rng):
+    B, P = 3, 4000
+    labels = torch.from_numpy(rng.random((B, P)) < rng.uniform(0.05, 0.5, (B, 1)))
+    same, other = rnd.pair_partners(labels, int(rng.integers(0, 2**40)))
+    assert torch.equal(labels.gather(1, same), labels)
+    assert torch.equal(labels.gather(1, other), ~labels)
+    # Background partners of background pixels: every background pixel about equally often.
+    counts = np.bincount(same[0][~labels[0]].numpy(), minlength=P)[~labels[0].numpy()]
+    assert counts.mean() == pytest.approx(1.0)
+    assert counts.max() < 12
+
+
+def _pair_terms(e, partner, weight, margin, pair_eps):
+    """The contrastive loss written with F.pairwise_distance, as the released code does."""
+    B, P, _ = e.shape
+    first = torch.arange(P).repeat_interleave(2)
+    y = (torch.arange(2 * P) % 2).to(e.dtype)
+    out = []
+    for b in range(B):
+        d = F.pairwise_distance(e[b, first], e[b, partner[b]], eps=pair_eps)
+        out.append((weight[b] * ((1 - y) * d.pow(2) + y * torch.clamp(margin - d, min=0).pow(2))).sum())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("use_cpp", [True, False], ids=["cpp", "torch"])
+def test_contrastive_matches_autograd(rng, use_cpp):
+    B, P, E = 2, int(rng.integers(50, 300)), int(rng.integers(2, 20))
+    e = torch.from_numpy(rng.normal(size=(B, P, E)) * rng.uniform(0.01, 0.3))
+    labels = torch.from_numpy(rng.random((B, P)) < 0.3)
+    labels[:, 0], labels[:, 1] = True, False
+    same, other = rnd.pair_partners(labels, int(rng.integers(0, 2**40)))
+    partner = torch.stack([same, other], 2).reshape(B, 2 * P)
+    weight = torch.from_numpy(rng.random((B, 2 * P)))
+    scale = torch.from_numpy(rng.random(B))
+    e1 = e.clone().requires_grad_(True)
+    loss = hd._Contrastive.apply(e1, partner, weight, 0.4, 1e-6, use_cpp, 2)
+    (scale * loss).sum().backward()
+    e2 = e.clone().requires_grad_(True)
+    expected = _pair_terms(e2, partner, weight, 0.4, 1e-6)
+    (scale * expected).sum().backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("use_cpp", [True, False], ids=["cpp", "torch"])
+def test_ot_consistency_matches_autograd_through_the_iterations(rng, use_cpp):
+    # Small ot_reg floors part of the kernel at ot_eps; few iterations leave rows unconverged.
+    config = HeadConfig(ot_iter=int(rng.integers(1, 60)), ot_reg=float(rng.choice([0.01, 0.05, 0.5])))
+    B, P, E = 3, int(rng.integers(20, 200)), int(rng.integers(2, 24))
+    e = torch.from_numpy(rng.normal(size=(B, P, E)))
+    y = torch.from_numpy((rng.random((B, P)) < rng.uniform(0.1, 0.6)).astype(np.float64))
+    y[:, 0], y[:, 1] = 1, 0
+    scale = torch.from_numpy(rng.random(B) + 0.5)
+    e1 = e.clone().requires_grad_(True)
+    if use_cpp:
+        loss = hd._OTConsistencyCpp.apply(e1, y.bool(), config, 2)
+    else:
+        loss = hd._ot_consistency_torch(e1, y, config)
+    (scale * loss).sum().backward()
+    e2 = e.clone().requires_grad_(True)
+    expected = torch.stack([ot_consistency_loss(e2[b], y[b], config) for b in range(B)])
+    (scale * expected).sum().backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-8, atol=1e-12 * float(e2.grad.abs().max()))
+
+
+def _images(rng, n: int, h: int, w: int):
+    """Maps with non-trivial pseudo-labels of several kinds, and their labels."""
+    maps = np.concatenate([blob_maps(rng, n, h, w, max_blobs=2), ring_maps(rng, n, h, w), scratch_maps(rng, n, h, w)])
+    labels = torch.from_numpy(pseudo_labels(maps).labels)
+    keep = (labels.flatten(1).any(1) & ~labels.flatten(1).all(1)).numpy()
+    return maps[keep], labels[keep]
+
+
+@pytest.mark.parametrize("features_kind", ["backbone", "full_resolution", "map"])
+def test_head_matches_the_released_head(rng, features_kind):
+    h, w = (int(x) for x in rng.integers(24, 48, size=2))
+    maps, labels = _images(rng, 2, h, w)
+    assert len(labels) >= 2
+    B = len(labels)
+    if features_kind == "backbone":
+        features = torch.from_numpy(rng.normal(size=(B, 12, h // 4 + 1, w // 4 + 1))).float()
+    elif features_kind == "full_resolution":
+        features = torch.from_numpy(rng.normal(size=(B, 6, h, w))).to(torch.float64)
+    else:
+        features = map_features(torch.from_numpy(normalise_maps(maps)))
+    seed = int(rng.integers(0, 2**40))
+    config = HeadConfig(epochs=int(rng.integers(2, 6)), pair_batch=int(rng.choice([64, 512])))
+    fast = train_heads(features, labels, config=config, seed=seed)
+    assert fast.dtype == torch.bool and fast.shape == labels.shape
+    for b in range(B):
+        ref = train_head(features[b], labels[b], seed=seed, config=config)
+        agreement = (fast[b].numpy() == ref).mean()
+        assert agreement >= AGREEMENT, f"image {b}: {agreement:.5f} of pixels agree"
+
+
+def test_torch_backend_gives_the_cpp_masks(rng):
+    maps, labels = _images(rng, 2, 40, 36)
+    features = torch.from_numpy(rng.normal(size=(len(labels), 8, 10, 9))).float()
+    cpp = train_heads(features, labels, backend="cpu", seed=7)
+    ops = train_heads(features, labels, backend="torch", seed=7)
+    assert (cpp == ops).float().mean() >= AGREEMENT
+
+
+def test_batched_heads_give_the_masks_of_single_heads(rng):
+    maps, labels = _images(rng, 2, 30, 34)
+    features = torch.from_numpy(rng.normal(size=(len(labels), 10, 30, 34))).float()
+    batched = train_heads(features, labels, seed=11)
+    for b in range(len(labels)):
+        alone = train_heads(features[b : b + 1], labels[b : b + 1], seed=11)
+        assert (alone[0] == batched[b]).float().mean() >= AGREEMENT
+    assert torch.equal(train_heads(features, labels, seed=11), batched)  # deterministic
+
+
+def test_constant_labels_are_returned_untrained(rng):
+    labels = torch.zeros(3, 12, 14, dtype=torch.bool)
+    labels[1] = True
+    labels[2, 3:6, 4:9] = True
+    features = torch.from_numpy(rng.normal(size=(3, 4, 12, 14))).float()
+    masks = train_heads(features, labels)
+    assert not masks[0].any() and masks[1].all()
+    assert masks[2].any()
+
+
+def test_map_features_are_documented_channels(rng):
+    a = torch.from_numpy(normalise_maps(rng.random((2, 9, 13))))
+    f = map_features(a)
+    assert f.shape == (2, 8, 9, 13) and f.dtype == torch.float32
+    torch.testing.assert_close(f[:, 0], a.float())
+    torch.testing.assert_close(f[:, 7], a.float() - f[:, 4])
+    assert torch.isfinite(f).all()
+    tiny = map_features(torch.zeros(1, 1, 1))
+    assert tiny.shape == (1, 8, 1, 1) and torch.isfinite(tiny).all()
+
+
+def test_bad_arguments_raise_value_error():
+    labels = torch.zeros(2, 8, 8, dtype=torch.bool)
+    features = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="labels"):
+        train_heads(features, labels.float())
+    with pytest.raises(ValueError, match="features"):
+        train_heads(features[:1], labels)
+    with pytest.raises(ValueError, match="features"):
+        train_heads(features[0], labels)
+    with pytest.raises(ValueError, match="features"):
+        train_heads(features.int(), labels)
+    bad = features.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="features"):
+        train_heads(bad, labels)
+    with pytest.raises(ValueError, match="seed"):
+        train_heads(features, labels, seed=-1)
+    with pytest.raises(ValueError, match="backend"):
+        train_heads(features, labels, backend="gpu")
+    with pytest.raises(ValueError, match="epochs"):
+        HeadConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr"):
+        HeadConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="entropy_base"):
+        HeadConfig(entropy_base=1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_heads_give_the_cpu_masks(rng):
+    maps, labels = _images(rng, 2, 48, 40)
+    features = torch.from_numpy(rng.normal(size=(len(labels), 16, 12, 10))).float()
+    cpu = train_heads(features, labels, seed=5)
+    gpu = train_heads(features.cuda(), labels.cuda(), seed=5)
+    assert gpu.device.type == "cuda"
+    assert (gpu.cpu() == cpu).float().mean() >= AGREEMENT
+    assert torch.equal(train_heads(features.cuda(), labels.cuda(), seed=5), gpu)
