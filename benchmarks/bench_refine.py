@@ -1,0 +1,132 @@
+"""End to end: the reference pipeline (released semantics, one image at a time) against ``refine``.
+
+The reference is ``refine(..., backend="reference")``: GUDHI + POT selection and the released head
+(pairs built pixel by pixel, a DataLoader over them, the head run again on both pixels of every
+pair, 200 Sinkhorn iterations under autograd), image by image. ``refine`` runs the batch.
+
+Maps: anomaly-like 224x224 maps (blobs on smooth noise) whose pseudo-label is not constant (a
+constant label is returned untrained by both, which would flatter neither); backbone-like features
+``[C, 28, 28]`` (random, float32), C = 64 and 256. Per image: seconds and images per second, the
+ratio reference / refine in the same run, pixel agreement of the masks, and the head's achieved
+FLOP/s (matrix-product FLOPs of training and inference, divided by the head's wall time).
+torch uses every core for both. Median of repeats after a warm-up (the reference: one run).
+
+    python benchmarks/bench_refine.py [--channels 64 256] [--batch 8] [--ref-images 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# isort: off
+from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+# isort: on
+
+from topoot_gpu import HeadConfig, pseudo_labels, refine  # noqa: E402
+from topoot_gpu.testing import blob_maps  # noqa: E402
+
+
+def anomaly_maps(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``n`` blob maps whose pseudo-label is neither empty nor the whole map."""
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        maps = blob_maps(rng, 2 * n, size, size, max_blobs=2)
+        labels = pseudo_labels(maps).labels.reshape(2 * n, -1)
+        keep = labels.any(1) & ~labels.all(1)
+        out += list(maps[keep])
+    return np.stack(out[:n])
+
+
+def head_flops(config: HeadConfig, channels: int, low: int, size: int) -> float:
+    """Matrix-product FLOPs of one head: ``epochs`` forward + backward passes and one forward.
+    The first layer runs on the ``low x low`` feature grid; its input needs no gradient."""
+    hid, emb, P = config.hidden(channels), config.embed_dim, size * size
+    first = 2 * low * low * channels * hid
+    rest = 2 * P * (hid * hid + hid * emb)
+    forward = first + rest
+    backward = first + 2 * rest  # weight gradients of every layer, input gradients of layers 2, 3
+    return config.epochs * (forward + backward) + forward
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--low", type=int, default=28, help="feature grid side (default 28)")
+    ap.add_argument("--channels", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--ref-images", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/refine_cpu.json)")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    rng = np.random.default_rng(args.seed)
+    maps = anomaly_maps(rng, args.batch, args.size)
+    rows = []
+    for C in args.channels:
+        features = rng.standard_normal((args.batch, C, args.low, args.low)).astype(np.float32)
+        fast_result = {}
+
+        def run_fast(features=features):
+            fast_result["r"] = refine(maps, features, seed=args.seed)
+
+        fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch
+        fast = fast_result["r"]
+        head_s = fast.seconds["head"] / args.batch
+        n_ref = min(args.ref_images, args.batch)
+        ref = refine(maps[:n_ref], features[:n_ref], seed=args.seed, backend="reference")
+        ref_s = sum(ref.seconds.values()) / n_ref
+        agreement = float((ref.mask == fast.mask[:n_ref]).mean())
+        flops = head_flops(HeadConfig(), C, args.low, args.size)
+        rows.append(
+            {
+                "channels": C,
+                "size": args.size,
+                "batch": args.batch,
+                "reference_s_per_image": ref_s,
+                "reference_selection_s": ref.seconds["selection"] / n_ref,
+                "reference_head_s": ref.seconds["head"] / n_ref,
+                "refine_s_per_image": fast_s,
+                "refine_selection_s": fast.seconds["selection"] / args.batch,
+                "refine_head_s": head_s,
+                "reference_images_per_s": 1.0 / ref_s,
+                "refine_images_per_s": 1.0 / fast_s,
+                "ratio": ref_s / fast_s,
+                "mask_agreement": agreement,
+                "labels_identical": bool(np.array_equal(ref.pseudo_label, fast.pseudo_label[:n_ref])),
+                "head_gflop_per_image": flops / 1e9,
+                "head_gflop_per_s": flops / head_s / 1e9,
+            }
+        )
+        print(f"C={C}: done", flush=True)
+    print(f"\nrefine vs reference pipeline, {args.size}x{args.size} maps, features [C, {args.low}, {args.low}]")
+    print_table(
+        rows,
+        [
+            "channels",
+            "reference_s_per_image",
+            "refine_s_per_image",
+            "ratio",
+            "refine_images_per_s",
+            "mask_agreement",
+            "head_gflop_per_s",
+        ],
+    )
+    payload = {
+        "benchmark": "refine",
+        "environment": environment() | {"torch_threads": torch.get_num_threads()},
+        "args": vars(args),
+        "rows": rows,
+    }
+    write_json("refine_cpu", payload, args.out)
+
+
+if __name__ == "__main__":
+    main()
