@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.9 and a C++ compiler):
-#   make demo   the main job: a demo on generated maps, no GPU needed
+#   make demo   the main job: refine the bundled sample maps into masks, no GPU needed
 #   make test   lint + the test suite (what CI runs)
 # Both create .venv on first use. torch==2.13.0 is pinned here only; the package needs torch>=2.4.
 PYTHON ?= python3
@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard topoot_gpu/*.py)
+$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard topoot_gpu/*.py) $(wildcard topoot_gpu/data/*)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q .
 	touch $@
@@ -33,3 +33,4 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_persistence.py
 	$(BIN)/python benchmarks/bench_sinkhorn.py
 	$(BIN)/python benchmarks/bench_selection.py
+	$(BIN)/python benchmarks/bench_refine.py

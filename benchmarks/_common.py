@@ -20,6 +20,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The same allocator setting as the topoot CLI, for ours and the reference alike (same process).
+from topoot_gpu import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
+
 
 def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs, after ``warmup`` runs not counted."""

@@ -74,7 +74,7 @@ def main() -> None:
         features = rng.standard_normal((args.batch, C, args.low, args.low)).astype(np.float32)
         fast_result = {}
 
-        def run_fast(features=features):
+        def run_fast(features=features, fast_result=fast_result):
             fast_result["r"] = refine(maps, features, seed=args.seed)
 
         fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch

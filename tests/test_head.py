@@ -53,46 +53,55 @@ def _pair_terms(e, partner, weight, margin, pair_eps):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("use_cpp", [True, False], ids=["cpp", "torch"])
-def test_contrastive_matches_autograd(rng, use_cpp):
-    B, P, E = 2, int(rng.integers(50, 300)), int(rng.integers(2, 20))
-    e = torch.from_numpy(rng.normal(size=(B, P, E)) * rng.uniform(0.01, 0.3))
-    labels = torch.from_numpy(rng.random((B, P)) < 0.3)
+def _loss_inputs(rng, config: HeadConfig):
+    B, P, E = 3, int(rng.integers(20, 200)), int(rng.integers(2, 24))
+    e = torch.from_numpy(rng.normal(size=(B, P, E)) * rng.uniform(0.05, 1.0))
+    labels = torch.from_numpy(rng.random((B, P)) < rng.uniform(0.1, 0.6))
     labels[:, 0], labels[:, 1] = True, False
     same, other = rnd.pair_partners(labels, int(rng.integers(0, 2**40)))
     partner = torch.stack([same, other], 2).reshape(B, 2 * P)
     weight = torch.from_numpy(rng.random((B, 2 * P)))
-    scale = torch.from_numpy(rng.random(B))
-    e1 = e.clone().requires_grad_(True)
-    loss = hd._Contrastive.apply(e1, partner, weight, 0.4, 1e-6, use_cpp, 2)
-    (scale * loss).sum().backward()
-    e2 = e.clone().requires_grad_(True)
-    expected = _pair_terms(e2, partner, weight, 0.4, 1e-6)
-    (scale * expected).sum().backward()
-    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-10, atol=1e-13)
-
-
-@pytest.mark.parametrize("use_cpp", [True, False], ids=["cpp", "torch"])
-def test_ot_consistency_matches_autograd_through_the_iterations(rng, use_cpp):
-    # Small ot_reg floors part of the kernel at ot_eps; few iterations leave rows unconverged.
-    config = HeadConfig(ot_iter=int(rng.integers(1, 60)), ot_reg=float(rng.choice([0.01, 0.05, 0.5])))
-    B, P, E = 3, int(rng.integers(20, 200)), int(rng.integers(2, 24))
-    e = torch.from_numpy(rng.normal(size=(B, P, E)))
-    y = torch.from_numpy((rng.random((B, P)) < rng.uniform(0.1, 0.6)).astype(np.float64))
-    y[:, 0], y[:, 1] = 1, 0
     scale = torch.from_numpy(rng.random(B) + 0.5)
+    return e, labels, partner, weight, scale
+
+
+def _released_loss(e, labels, partner, weight, config: HeadConfig):
+    """Autograd through the plain formulas: the reference's OT-consistency loss (200 Sinkhorn
+    iterations written out) and the contrastive loss with F.pairwise_distance."""
+    y = labels.to(e.dtype)
+    ot = torch.stack([ot_consistency_loss(e[b], y[b], config) for b in range(len(e))])
+    return config.ot_weight * ot + _pair_terms(e, partner, weight, config.margin, config.pair_eps)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_head_loss_and_gradient_match_autograd_through_the_iterations(rng, backend):
+    # Small ot_reg floors part of the kernel at ot_eps; few iterations leave rows unconverged.
+    config = HeadConfig(
+        ot_iter=int(rng.integers(1, 60)),
+        ot_reg=float(rng.choice([0.01, 0.05, 0.5])),
+        ot_weight=float(rng.uniform(0.1, 1)),
+        margin=float(rng.uniform(0.2, 2)),
+    )
+    e, labels, partner, weight, scale = _loss_inputs(rng, config)
     e1 = e.clone().requires_grad_(True)
-    if use_cpp:
-        loss = hd._OTConsistencyCpp.apply(e1, y.bool(), config, 2)
+    if backend == "cpp":
+        loss = hd._HeadLossCpp.apply(e1, labels, partner, weight, config, 2)
     else:
-        loss = hd._ot_consistency_torch(e1, y, config)
+        loss = config.ot_weight * hd._ot_consistency_torch(e1, labels.to(e.dtype), config)
+        loss = loss + hd._Contrastive.apply(e1, partner, weight, config.margin, config.pair_eps)
     (scale * loss).sum().backward()
     e2 = e.clone().requires_grad_(True)
-    expected = torch.stack([ot_consistency_loss(e2[b], y[b], config) for b in range(B)])
+    expected = _released_loss(e2, labels, partner, weight, config)
     (scale * expected).sum().backward()
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-15)
     torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-8, atol=1e-12 * float(e2.grad.abs().max()))
+    # The training loop's unit incoming gradient takes the unscaled path.
+    e3 = e.clone().requires_grad_(True)
+    if backend == "cpp":
+        hd._HeadLossCpp.apply(e3, labels, partner, weight, config, 2).sum().backward()
+        e4 = e.clone().requires_grad_(True)
+        _released_loss(e4, labels, partner, weight, config).sum().backward()
+        torch.testing.assert_close(e3.grad, e4.grad, rtol=1e-8, atol=1e-12 * float(e4.grad.abs().max()))
 
 
 def _images(rng, n: int, h: int, w: int):

@@ -143,3 +143,16 @@ def test_cuda_op_gives_the_cpu_masks(rng):
     assert mask.device.type == "cuda" and label.device.type == "cuda"
     assert torch.equal(label.cpu(), cpu.pseudo_label)
     assert (mask.cpu() == cpu.mask).float().mean() >= AGREEMENT
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot():
+    import platform
+
+    result = topoot_gpu.keep_freed_memory()
+    assert isinstance(result, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert result
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        topoot_gpu.keep_freed_memory(mmap_threshold=0)
+    with pytest.raises(ValueError, match="trim_threshold"):
+        topoot_gpu.keep_freed_memory(trim_threshold=2**31)

@@ -1,5 +1,6 @@
 """topoot_gpu: persistence-and-transport kernels for TopoOT anomaly segmentation."""
 
+from .allocator import keep_freed_memory
 from .head import map_features, train_heads
 from .head_config import HeadConfig
 from .op import RefineConfig, RefineResult, refine
@@ -20,6 +21,7 @@ __all__ = [
     "best_match",
     "cubical_persistence",
     "diagram_costs",
+    "keep_freed_memory",
     "map_features",
     "pseudo_labels",
     "refine",

@@ -16,7 +16,7 @@ and each epoch is one forward and one backward pass over all pixels of all image
 * OT-consistency loss: normalised embeddings against the two class prototypes, 200 plain
   Sinkhorn iterations on ``[P, 2]`` with the gradient through every iteration. Only ``v_t`` (two
   numbers per iteration) is kept and ``u_t`` is recomputed on the way back, instead of 200
-  autograd nodes of size ``P``; on the CPU the whole loss and its gradient are one C++ call.
+  autograd nodes of size ``P``; on the CPU both losses and their gradient are one C++ call.
 
 The draws (initial weights, partners, shuffles) are counter-based hashes of the seed
 (:mod:`topoot_gpu._random`), the same in :func:`topoot_gpu.reference.train_head`, on every device and
@@ -120,33 +120,41 @@ class _HeadSinkhorn(torch.autograd.Function):
         return _sinkhorn_backward_torch(K, v_hist, grad_plan.contiguous(), ctx.eps), None, None
 
 
-class _OTConsistencyCpp(torch.autograd.Function):
-    """The whole OT-consistency loss per image in one C++ call (CPU tensors), its gradient with
-    respect to the embeddings computed with it and scaled in backward. Same maths as
-    :func:`_ot_consistency_torch`."""
+class _HeadLossCpp(torch.autograd.Function):
+    """``ot_weight * L_OT + L_contrastive`` per image in one C++ call (CPU tensors): both losses
+    (:func:`_ot_consistency_torch` and :class:`_Contrastive` are the same maths in torch ops) and
+    the gradient of their sum, computed with them into one buffer and handed back as it is when
+    the incoming gradient is all ones (the training loop's ``loss.sum().backward()``)."""
 
     @staticmethod
-    def forward(ctx, e: torch.Tensor, y: torch.Tensor, config: HeadConfig, threads: int):
+    def forward(ctx, e, y, partner, weight, config: HeadConfig, threads: int):
         from . import _C
 
         e = e.detach().contiguous()
-        fn = _C.ot_consistency_f32 if e.dtype == torch.float32 else _C.ot_consistency_f64
-        loss, grad = fn(
+        fn = _C.head_loss_f32 if e.dtype == torch.float32 else _C.head_loss_f64
+        loss_ot, loss_con, grad = fn(
             e.numpy(),
             y.to(torch.uint8).numpy(),
+            partner.numpy(),
+            weight.contiguous().numpy(),
             config.ot_reg,
             config.ot_iter,
             config.ot_eps,
             config.entropy_base,
+            config.ot_weight,
+            config.margin,
+            config.pair_eps,
             threads,
         )
         ctx.save_for_backward(torch.from_numpy(grad))
-        return torch.from_numpy(loss).to(e.dtype)
+        return torch.from_numpy(config.ot_weight * loss_ot + loss_con).to(e.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return grad_loss[:, None, None] * grad, None, None, None
+        if not bool((grad_loss == 1).all()):
+            grad = grad_loss[:, None, None] * grad
+        return grad, None, None, None, None, None
 
 
 def _sinkhorn_forward_torch(K: torch.Tensor, iters: int, eps: float):
@@ -186,32 +194,21 @@ def _sinkhorn_backward_torch(K: torch.Tensor, v_hist: torch.Tensor, G: torch.Ten
 
 class _Contrastive(torch.autograd.Function):
     """``sum_k w_k ((1 - y_k) d_k^2 + y_k max(0, margin - d_k)^2)`` per image, over pairs
-    ``k = (k // 2, partner[k])`` with ``y_k = k % 2`` and ``d_k = |e_i - e_j + pair_eps|``.
-
-    The gradient is computed with the loss (one pass over the pairs) and scaled in backward.
-    ``use_cpp``: the C++ kernel (CPU tensors, pairs visited in order); else torch ops, whose
-    scatter of the partners' gradients is ``index_put_(accumulate=True)``, sort-based and
-    deterministic on CUDA.
-    """
+    ``k = (k // 2, partner[k])`` with ``y_k = k % 2`` and ``d_k = |e_i - e_j + pair_eps|``, in torch
+    ops (any device). The gradient is computed with the loss and scaled in backward; the partners'
+    share is scattered with ``index_put_(accumulate=True)``, which is sort-based and deterministic
+    on CUDA (autograd's gather backward uses atomics there)."""
 
     @staticmethod
-    def forward(ctx, e, partner, weight, margin: float, pair_eps: float, use_cpp: bool, threads: int):
-        e = e.detach().contiguous()
-        if use_cpp:
-            from . import _C
-
-            fn = _C.contrastive_f32 if e.dtype == torch.float32 else _C.contrastive_f64
-            loss, grad = fn(e.numpy(), partner.numpy(), weight.contiguous().numpy(), margin, pair_eps, threads)
-            loss, grad = torch.from_numpy(loss).to(e.dtype), torch.from_numpy(grad)
-        else:
-            loss, grad = _contrastive_torch(e, partner, weight, margin, pair_eps)
+    def forward(ctx, e, partner, weight, margin: float, pair_eps: float):
+        loss, grad = _contrastive_torch(e.detach(), partner, weight, margin, pair_eps)
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return grad_loss[:, None, None] * grad, None, None, None, None, None, None
+        return grad_loss[:, None, None] * grad, None, None, None, None
 
 
 def _contrastive_torch(e, partner, weight, margin: float, pair_eps: float):
@@ -244,18 +241,22 @@ def _pair_weights(seed: int, epoch: int, n_pairs: int, pair_batch: int, device) 
     return w
 
 
-def _embed(params: list[torch.Tensor], x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """``[B, rows, C] -> [B, P, E]``; with ``size = (H, W)`` the rows are a ``h x w`` grid whose first
-    layer output is resized bilinearly (``align_corners=False``) to ``H x W``."""
+def _embed(params: list[torch.Tensor], x: torch.Tensor, size: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """``[B, rows, C] -> [B, P, E]``; with ``size = (H, W, h, w)`` the rows are an ``h x w`` grid
+    whose first layer output is resized bilinearly (``align_corners=False``) to ``H x W``."""
     w1, b1, w2, b2, w3, b3 = params
-    z = torch.baddbmm(b1.unsqueeze(1), x, w1)
+    z = _linear(x, w1, b1)
     if size is not None:
-        B, h, w = z.shape[0], *size[2:]
+        H, W, h, w = size
+        B = z.shape[0]
         grid = z.view(B, h, w, -1).permute(0, 3, 1, 2)  # channels-last strides, no copy
-        z = F.interpolate(grid, size=size[:2], mode="bilinear", align_corners=False)
-        z = z.permute(0, 2, 3, 1).reshape(B, size[0] * size[1], -1)
-    z = torch.baddbmm(b2.unsqueeze(1), F.gelu(z), w2)
-    return torch.baddbmm(b3.unsqueeze(1), F.gelu(z), w3)
+        z = F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False)
+        z = z.permute(0, 2, 3, 1).reshape(B, H * W, -1)
+    return _linear(F.gelu(_linear(F.gelu(z), w2, b2)), w3, b3)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.baddbmm(b.unsqueeze(1), x, w)
 
 
 def _ot_consistency_torch(e: torch.Tensor, y: torch.Tensor, config: HeadConfig) -> torch.Tensor:
@@ -378,11 +379,10 @@ def _train(
         opt.zero_grad(set_to_none=True)
         e = _embed(params, rows, grid)
         if use_cpp:
-            l_ot = _OTConsistencyCpp.apply(e, y, config, threads)
+            loss = _HeadLossCpp.apply(e, y, partner, weight, config, threads)
         else:
-            l_ot = _ot_consistency_torch(e, yf, config)
-        loss = config.ot_weight * l_ot
-        loss = loss + _Contrastive.apply(e, partner, weight, config.margin, config.pair_eps, use_cpp, threads)
+            loss = config.ot_weight * _ot_consistency_torch(e, yf, config)
+            loss = loss + _Contrastive.apply(e, partner, weight, config.margin, config.pair_eps)
         loss.sum().backward()
         opt.step()
     with torch.no_grad():

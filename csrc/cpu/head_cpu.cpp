@@ -11,16 +11,19 @@ namespace {
 
 struct NoState {};
 
+// Column sums over the P rows are accumulated in the compute type T, in the SIMD lanes' order, as
+// the released code's float32 matrix products do; double accumulators would halve the vector width.
+
 // One Sinkhorn half-step's row pass: u_i = a / (K_i . v + eps), and the column sums K^T u.
 template <typename T>
-void row_pass(const T* K, int64_t P, T a, T v0, T v1, T eps, double& s0, double& s1) {
-  double acc0 = 0, acc1 = 0;
+void row_pass(const T* K, int64_t P, T a, T v0, T v1, T eps, T& s0, T& s1) {
+  T acc0 = 0, acc1 = 0;
 #pragma omp simd reduction(+ : acc0, acc1)
   for (int64_t i = 0; i < P; ++i) {
     const T k0 = K[2 * i], k1 = K[2 * i + 1];
     const T u = a / (k0 * v0 + k1 * v1 + eps);
-    acc0 += static_cast<double>(k0 * u);
-    acc1 += static_cast<double>(k1 * u);
+    acc0 += k0 * u;
+    acc1 += k1 * u;
   }
   s0 = acc0;
   s1 = acc1;
@@ -34,10 +37,10 @@ void sinkhorn_forward(const T* k, int64_t P, int iters, T e, T* plan, T* vh) {
   vh[0] = v0;
   vh[1] = v1;
   for (int t = 1; t <= iters; ++t) {
-    double s0, s1;
+    T s0, s1;
     row_pass(k, P, a, v0, v1, e, s0, s1);
-    v0 = b / (static_cast<T>(s0) + e);
-    v1 = b / (static_cast<T>(s1) + e);
+    v0 = b / (s0 + e);
+    v1 = b / (s1 + e);
     vh[2 * t] = v0;
     vh[2 * t + 1] = v1;
   }
@@ -58,22 +61,22 @@ void sinkhorn_backward(const T* k, const T* vh, const T* g, int64_t P, int iters
   const T a = static_cast<T>(1.0 / static_cast<double>(P)), b = static_cast<T>(0.5);
   const T vT0 = vh[2 * iters], vT1 = vh[2 * iters + 1];
   // plan_ij = u_T,i K_ij v_T,j: the gradient reaching v_T.
-  double vb0 = 0, vb1 = 0;
+  T vb0 = 0, vb1 = 0;
   {
     const T p0 = vh[2 * iters - 2], p1 = vh[2 * iters - 1];
 #pragma omp simd reduction(+ : vb0, vb1)
     for (int64_t i = 0; i < P; ++i) {
       const T k0 = k[2 * i], k1 = k[2 * i + 1];
       const T u = a / (k0 * p0 + k1 * p1 + e);
-      vb0 += static_cast<double>(g[2 * i] * u * k0);
-      vb1 += static_cast<double>(g[2 * i + 1] * u * k1);
+      vb0 += g[2 * i] * u * k0;
+      vb1 += g[2 * i + 1] * u * k1;
     }
   }
   for (int t = iters; t >= 1; --t) {
     const T vt0 = vh[2 * t], vt1 = vh[2 * t + 1], vp0 = vh[2 * t - 2], vp1 = vh[2 * t - 1];
     // v_t = b / s_t: ds = -dv * b / s^2 = -dv * v^2 / b.
-    const T sb0 = static_cast<T>(-vb0) * vt0 * vt0 / b, sb1 = static_cast<T>(-vb1) * vt1 * vt1 / b;
-    double nb0 = 0, nb1 = 0;
+    const T sb0 = -vb0 * vt0 * vt0 / b, sb1 = -vb1 * vt1 * vt1 / b;
+    T nb0 = 0, nb1 = 0;
     if (t == iters) {  // u_T also reaches the plan directly
 #pragma omp simd reduction(+ : nb0, nb1)
       for (int64_t i = 0; i < P; ++i) {
@@ -81,8 +84,8 @@ void sinkhorn_backward(const T* k, const T* vh, const T* g, int64_t P, int iters
         const T r = k0 * vp0 + k1 * vp1 + e, u = a / r;
         const T ub = k0 * sb0 + k1 * sb1 + g0 * k0 * vt0 + g1 * k1 * vt1;
         const T rb = -ub * u / r;
-        nb0 += static_cast<double>(k0 * rb);
-        nb1 += static_cast<double>(k1 * rb);
+        nb0 += k0 * rb;
+        nb1 += k1 * rb;
         gk[2 * i] = g0 * u * vt0 + u * sb0 + rb * vp0;
         gk[2 * i + 1] = g1 * u * vt1 + u * sb1 + rb * vp1;
       }
@@ -93,8 +96,8 @@ void sinkhorn_backward(const T* k, const T* vh, const T* g, int64_t P, int iters
         const T r = k0 * vp0 + k1 * vp1 + e, u = a / r;
         const T ub = k0 * sb0 + k1 * sb1;
         const T rb = -ub * u / r;
-        nb0 += static_cast<double>(k0 * rb);
-        nb1 += static_cast<double>(k1 * rb);
+        nb0 += k0 * rb;
+        nb1 += k1 * rb;
         gk[2 * i] += u * sb0 + rb * vp0;
         gk[2 * i + 1] += u * sb1 + rb * vp1;
       }
@@ -104,7 +107,7 @@ void sinkhorn_backward(const T* k, const T* vh, const T* g, int64_t P, int iters
   }
 }
 
-struct OTScratch {
+struct Scratch {
   std::vector<char> bytes;
   template <typename T>
   T* get(size_t n) {
@@ -113,15 +116,10 @@ struct OTScratch {
   }
 };
 
-}  // namespace
-
+// SPEC 5's OT-consistency loss of one image; writes grad_scale * dloss/de to gx.
 template <typename T>
-void ot_consistency(const T* e, const uint8_t* y, int64_t B, int64_t P, int64_t E, const OTConsistencyOptions& opt,
-                    double* loss, T* grad_e, int num_threads) {
-  parallel_for<OTScratch>(B, num_threads, [&](OTScratch& scratch, int64_t img) {
-    const T* x = e + img * P * E;
-    const uint8_t* lab = y + img * P;
-    T* gx = grad_e + img * P * E;
+double ot_consistency_image(const T* x, const uint8_t* lab, int64_t P, int64_t E, const HeadLossOptions& opt,
+                            T grad_scale, T* gx, Scratch& scratch) {
     const int iters = opt.iters;
     const T eps = static_cast<T>(opt.eps);
     // Scratch: n [P, E], |e| [P], cos, K, plan, dplan, dK [P, 2] each, v_hist [iters + 1, 2].
@@ -140,6 +138,7 @@ void ot_consistency(const T* e, const uint8_t* y, int64_t B, int64_t P, int64_t 
     for (int64_t i = 0; i < P; ++i) {
       const T* xi = x + i * E;
       T sq = 0;
+#pragma omp simd reduction(+ : sq)
       for (int64_t d = 0; d < E; ++d) sq += xi[d] * xi[d];
       const T nr = std::max(std::sqrt(sq), static_cast<T>(1e-12));
       norm[i] = nr;
@@ -168,6 +167,7 @@ void ot_consistency(const T* e, const uint8_t* y, int64_t B, int64_t P, int64_t 
     for (int64_t i = 0; i < P; ++i) {
       const T* ni = n + i * E;
       T c0 = 0, c1 = 0;
+#pragma omp simd reduction(+ : c0, c1)
       for (int64_t d = 0; d < E; ++d) {
         c0 += ni[d] * proto[d];
         c1 += ni[d] * proto[E + d];
@@ -215,7 +215,6 @@ void ot_consistency(const T* e, const uint8_t* y, int64_t B, int64_t P, int64_t 
       dplan[2 * i] = dg[0] / S - cross;
       dplan[2 * i + 1] = dg[1] / S - cross;
     }
-    loss[img] = total / Z;
     sinkhorn_backward(K, vh, dplan, P, iters, eps, dK);
 
     // dcos += dK * dK/dcos, dK/dcos = K / reg where exp(...) >= eps and 1 - cos >= 0 (torch's
@@ -226,6 +225,7 @@ void ot_consistency(const T* e, const uint8_t* y, int64_t B, int64_t P, int64_t 
       const T* ni = n + i * E;
       for (int c = 0; c < 2; ++c) {
         T ci = 0;
+#pragma omp simd reduction(+ : ci)
         for (int64_t d = 0; d < E; ++d) ci += ni[d] * proto[c * E + d];
         const T arg = T(1) - ci;
         const T ex = std::exp(-std::max(arg, T(0)) * inv_reg);
@@ -252,34 +252,39 @@ void ot_consistency(const T* e, const uint8_t* y, int64_t B, int64_t P, int64_t 
       const T d0 = cos[2 * i], d1 = cos[2 * i + 1];
       T* gi = gx + i * E;
       T dot = 0;
+#pragma omp simd reduction(+ : dot)
       for (int64_t d = 0; d < E; ++d) {
         const T dn = d0 * proto[d] + d1 * proto[E + d] + dm[d];
         gi[d] = dn;
         dot += dn * ni[d];
       }
-      const T inv = T(1) / norm[i];
+      const T inv = grad_scale / norm[i];
       for (int64_t d = 0; d < E; ++d) gi[d] = (gi[d] - ni[d] * dot) * inv;
     }
-  });
+    return total / Z;
 }
 
+// The contrastive loss of one image's pairs; adds its gradient to gx.
 template <typename T>
-void contrastive_pairs(const T* e, const int64_t* partner, const T* weight, int64_t B, int64_t P, int64_t E,
-                       double margin, double pd_eps, double* loss, T* grad_e, int num_threads) {
-  parallel_for<NoState>(B, num_threads, [&](NoState&, int64_t img) {
-    const T* x = e + img * P * E;
-    const int64_t* part = partner + img * 2 * P;
-    const T* w = weight + img * 2 * P;
-    T* gx = grad_e + img * P * E;
-    std::fill(gx, gx + P * E, T(0));
+double contrastive_image(const T* x, const int64_t* part, const T* w, int64_t P, int64_t E, double margin,
+                         double pd_eps, T* gx) {
     std::vector<T> diff(E);
     double total = 0;
     const T eps = static_cast<T>(pd_eps), m = static_cast<T>(margin);
+    constexpr int64_t kAhead = 8;  // partners are random rows: fetch them ahead of use
     for (int64_t kp = 0; kp < 2 * P; ++kp) {
+      if (kp + kAhead < 2 * P) {
+        const int64_t jn = part[kp + kAhead];
+        for (int64_t d = 0; d < E; d += 64 / static_cast<int64_t>(sizeof(T))) {
+          __builtin_prefetch(x + jn * E + d);
+          __builtin_prefetch(gx + jn * E + d, 1);
+        }
+      }
       const int64_t i = kp / 2, j = part[kp];
       const T* xi = x + i * E;
       const T* xj = x + j * E;
       T sq = 0;
+#pragma omp simd reduction(+ : sq)
       for (int64_t d = 0; d < E; ++d) {
         diff[d] = xi[d] - xj[d] + eps;
         sq += diff[d] * diff[d];
@@ -302,15 +307,27 @@ void contrastive_pairs(const T* e, const int64_t* partner, const T* weight, int6
         gj[d] -= gd;
       }
     }
-    loss[img] = total;
+    return total;
+}
+
+}  // namespace
+
+template <typename T>
+void head_loss(const T* e, const uint8_t* y, const int64_t* partner, const T* weight, int64_t B, int64_t P, int64_t E,
+               const HeadLossOptions& opt, double* loss_ot, double* loss_contrastive, T* grad_e, int num_threads) {
+  parallel_for<Scratch>(B, num_threads, [&](Scratch& scratch, int64_t img) {
+    const int64_t off = img * P * E;
+    T* gx = grad_e + off;
+    loss_ot[img] = ot_consistency_image(e + off, y + img * P, P, E, opt, static_cast<T>(opt.ot_weight), gx, scratch);
+    loss_contrastive[img] = contrastive_image(e + off, partner + img * 2 * P, weight + img * 2 * P, P, E, opt.margin,
+                                              opt.pair_eps, gx);
   });
 }
 
+
 #define TOPOOT_INSTANTIATE(T)                                                                                    \
-  template void ot_consistency<T>(const T*, const uint8_t*, int64_t, int64_t, int64_t, const OTConsistencyOptions&, \
-                                  double*, T*, int);                                                             \
-  template void contrastive_pairs<T>(const T*, const int64_t*, const T*, int64_t, int64_t, int64_t, double,     \
-                                     double, double*, T*, int);
+  template void head_loss<T>(const T*, const uint8_t*, const int64_t*, const T*, int64_t, int64_t, int64_t, \
+                             const HeadLossOptions&, double*, double*, T*, int);
 TOPOOT_INSTANTIATE(float)
 TOPOOT_INSTANTIATE(double)
 #undef TOPOOT_INSTANTIATE

@@ -172,67 +172,59 @@ py::tuple sinkhorn_stats_impl(const py::array_t<T, py::array::c_style>& a, const
 template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
 
-// The OT-consistency loss: e [B, P, E], y [B, P] uint8 -> (loss [B] float64, grad_e [B, P, E]).
+// The head's loss without its products: e [B, P, E], y [B, P] uint8, partner and weight [B, 2P]
+// -> (loss_ot [B], loss_contrastive [B], grad_e [B, P, E]); see head_cpu.h.
 template <typename T>
-py::tuple ot_consistency_impl(const Array<T>& e, const Array<uint8_t>& y, double reg, int iters, double eps,
-                              double entropy_base, int num_threads) {
+py::tuple head_loss_impl(const Array<T>& e, const Array<uint8_t>& y, const Array<int64_t>& partner,
+                         const Array<T>& weight, double reg, int iters, double eps, double entropy_base,
+                         double ot_weight, double margin, double pair_eps, int num_threads) {
   if (e.ndim() != 3) throw std::invalid_argument("e: expected [B, P, E]");
   const int64_t B = e.shape(0), P = e.shape(1), E = e.shape(2);
   if (y.ndim() != 2 || y.shape(0) != B || y.shape(1) != P) throw std::invalid_argument("y: expected [B, P]");
-  if (iters < 1) throw std::invalid_argument("iters: expected >= 1");
-  if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
-  if (!(entropy_base > 1)) throw std::invalid_argument("entropy_base: expected > 1");
-  topoot::OTConsistencyOptions opt;
-  opt.reg = reg;
-  opt.iters = iters;
-  opt.eps = eps;
-  opt.entropy_base = entropy_base;
-  Array<double> loss(B);
-  Array<T> grad_e({B, P, E});
-  {
-    py::gil_scoped_release release;
-    topoot::ot_consistency<T>(e.data(), y.data(), B, P, E, opt, loss.mutable_data(), grad_e.mutable_data(),
-                              num_threads);
-  }
-  return py::make_tuple(loss, grad_e);
-}
-
-// Contrastive loss of pairs (k / 2, partner[k]): e [B, P, E], partner and weight [B, 2P]
-// -> (loss [B] float64, grad_e [B, P, E]).
-template <typename T>
-py::tuple contrastive_impl(const Array<T>& e, const Array<int64_t>& partner, const Array<T>& weight, double margin,
-                           double pd_eps, int num_threads) {
-  if (e.ndim() != 3) throw std::invalid_argument("e: expected [B, P, E]");
-  const int64_t B = e.shape(0), P = e.shape(1), E = e.shape(2);
   if (partner.ndim() != 2 || partner.shape(0) != B || partner.shape(1) != 2 * P)
     throw std::invalid_argument("partner: expected [B, 2P]");
   if (weight.ndim() != 2 || weight.shape(0) != B || weight.shape(1) != 2 * P)
     throw std::invalid_argument("weight: expected [B, 2P]");
+  if (iters < 1) throw std::invalid_argument("iters: expected >= 1");
+  if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
+  if (!(entropy_base > 1)) throw std::invalid_argument("entropy_base: expected > 1");
   const int64_t* pp = partner.data();
   for (int64_t k = 0; k < B * 2 * P; ++k)
     if (pp[k] < 0 || pp[k] >= P) throw std::invalid_argument("partner: index out of range");
-  Array<double> loss(B);
+  const uint8_t* py_ = y.data();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t fg = 0;
+    for (int64_t i = 0; i < P; ++i) fg += py_[b * P + i] != 0;
+    if (fg == 0 || fg == P) throw std::invalid_argument("y: every image needs both labels");
+  }
+  topoot::HeadLossOptions opt;
+  opt.reg = reg;
+  opt.iters = iters;
+  opt.eps = eps;
+  opt.entropy_base = entropy_base;
+  opt.ot_weight = ot_weight;
+  opt.margin = margin;
+  opt.pair_eps = pair_eps;
+  Array<double> loss_ot(B), loss_con(B);
   Array<T> grad_e({B, P, E});
   {
     py::gil_scoped_release release;
-    topoot::contrastive_pairs<T>(e.data(), pp, weight.data(), B, P, E, margin, pd_eps, loss.mutable_data(),
-                                 grad_e.mutable_data(), num_threads);
+    topoot::head_loss<T>(e.data(), py_, pp, weight.data(), B, P, E, opt, loss_ot.mutable_data(),
+                         loss_con.mutable_data(), grad_e.mutable_data(), num_threads);
   }
-  return py::make_tuple(loss, grad_e);
+  return py::make_tuple(loss_ot, loss_con, grad_e);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "topoot_gpu C++ kernels (CPU)";
-  m.def("ot_consistency_f32", &ot_consistency_impl<float>, py::arg("e"), py::arg("y"), py::arg("reg"),
-        py::arg("iters"), py::arg("eps"), py::arg("entropy_base"), py::arg("num_threads"));
-  m.def("ot_consistency_f64", &ot_consistency_impl<double>, py::arg("e"), py::arg("y"), py::arg("reg"),
-        py::arg("iters"), py::arg("eps"), py::arg("entropy_base"), py::arg("num_threads"));
-  m.def("contrastive_f32", &contrastive_impl<float>, py::arg("e"), py::arg("partner"), py::arg("weight"),
-        py::arg("margin"), py::arg("pd_eps"), py::arg("num_threads"));
-  m.def("contrastive_f64", &contrastive_impl<double>, py::arg("e"), py::arg("partner"), py::arg("weight"),
-        py::arg("margin"), py::arg("pd_eps"), py::arg("num_threads"));
+  m.def("head_loss_f32", &head_loss_impl<float>, py::arg("e"), py::arg("y"), py::arg("partner"), py::arg("weight"),
+        py::arg("reg"), py::arg("iters"), py::arg("eps"), py::arg("entropy_base"), py::arg("ot_weight"),
+        py::arg("margin"), py::arg("pair_eps"), py::arg("num_threads"));
+  m.def("head_loss_f64", &head_loss_impl<double>, py::arg("e"), py::arg("y"), py::arg("partner"), py::arg("weight"),
+        py::arg("reg"), py::arg("iters"), py::arg("eps"), py::arg("entropy_base"), py::arg("ot_weight"),
+        py::arg("margin"), py::arg("pair_eps"), py::arg("num_threads"));
   m.def("cubical_persistence_f32", &persistence_impl<float>, py::arg("maps"), py::arg("superlevel"),
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
   m.def("cubical_persistence_f64", &persistence_impl<double>, py::arg("maps"), py::arg("superlevel"),
