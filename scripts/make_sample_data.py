@@ -1,6 +1,7 @@
 """Make the demo's bundled data: topoot_gpu/data/sample_maps.npz.
 
-Four generated 224x224 anomaly-like maps (two blob maps, a ring, a scratch; no download) and
+Four generated 224x224 anomaly-like maps (two blob maps, a ring, a scratch, each drawn again
+until its pseudo-label is neither empty nor the whole map; no download) and
 backbone-like features for each, [32, 28, 28]: fixed random projections of map statistics on the
 28x28 grid a ResNet-style backbone gives for a 224x224 image, plus noise. Stored as float16.
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from topoot_gpu import pseudo_labels
 from topoot_gpu.testing import blob_maps, ring_maps, scratch_maps
 
 OUT = Path(__file__).resolve().parent.parent / "topoot_gpu" / "data" / "sample_maps.npz"
@@ -29,17 +31,25 @@ def backbone_features(rng: np.random.Generator, maps: np.ndarray, channels: int 
     return features + 0.05 * rng.normal(size=features.shape)
 
 
+def with_structure(rng: np.random.Generator, make) -> np.ndarray:
+    """The first map from ``make(rng)`` whose pseudo-label is neither empty nor the whole map."""
+    while True:
+        m = make(rng)
+        label = pseudo_labels(m).labels
+        if label.any() and not label.all():
+            return m[0]
+
+
 def main() -> None:
     rng = np.random.default_rng(20261123)
     names = ["blob", "two blobs", "ring", "scratch"]
-    maps = np.concatenate(
-        [
-            blob_maps(rng, 1, 224, 224, max_blobs=1),
-            blob_maps(rng, 1, 224, 224, max_blobs=3),
-            ring_maps(rng, 1, 224, 224),
-            scratch_maps(rng, 1, 224, 224),
-        ]
-    )
+    makers = [
+        lambda r: blob_maps(r, 1, 224, 224, max_blobs=1),
+        lambda r: blob_maps(r, 1, 224, 224, max_blobs=3),
+        lambda r: ring_maps(r, 1, 224, 224),
+        lambda r: scratch_maps(r, 1, 224, 224),
+    ]
+    maps = np.stack([with_structure(rng, make) for make in makers])
     features = backbone_features(rng, maps)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, maps=maps.astype(np.float16), features=features.astype(np.float16), names=np.array(names))

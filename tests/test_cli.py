@@ -79,7 +79,7 @@ def test_bench_runs_a_benchmark_and_prints_its_table(tmp_path):
     out = run_topoot(
         "bench", "refine", "--dir", str(BENCHMARKS), "--",
         "--size", "32", "--low", "8", "--channels", "4", "--batch", "2", "--ref-images", "1",
-        "--repeats", "1", "--out", str(tmp_path / "r.json"),
+        "--repeats", "1", "--out", str(tmp_path / "r.json"), cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "ratio" in out.stdout and "refine_s_per_image" in out.stdout

@@ -60,6 +60,7 @@ def demo(args: argparse.Namespace) -> int:
     shape = "x".join(map(str, maps.shape[1:]))
     print(f"topoot demo: refining {len(maps)} bundled {shape} maps (features {list(features.shape[1:])})")
     print(f"writing overlays and summary.json to {out}/\n")
+    refine(maps[0][:32, :32], features[0], seed=args.seed)  # warm-up: thread pools, first allocations
     rows, single_masks = [], []
     header = f"{'image':<10} {'candidate':<26} {'label px':>8} {'mask px':>8} {'select ms':>9} {'head ms':>8}"
     print(header)
@@ -276,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="run the benchmarks (from a source checkout) and print their tables")
     p.add_argument("names", nargs="*", help="benchmarks to run (e.g. refine selection); default all")
     p.add_argument("--dir", default="benchmarks", help="the benchmarks folder (default ./benchmarks)")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: arguments for every benchmark")
     p.set_defaults(func=bench)
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # After "--": arguments passed on to every benchmark (topoot bench refine -- --channels 64).
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = ap.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    args.extra = extra
+    if extra and args.command != "bench":
+        ap.error("arguments after -- are for 'topoot bench' only")
     keep_freed_memory()  # reuse the head's large blocks instead of faulting pages in (see allocator.py)
-    if getattr(args, "extra", None) and args.extra[0] == "--":
-        args.extra = args.extra[1:]
     return args.func(args)
 
 
