@@ -304,8 +304,8 @@ def train_heads(
         labels: bool ``[B, H, W]`` pseudo-labels on the features' device.
         config: a :class:`HeadConfig`.
         seed: a non-negative int; the same seed gives the same heads, alone or in any batch.
-        backend: ``"auto"`` (``"cpu"`` for CPU tensors, ``"torch"`` otherwise), ``"cpu"`` (the C++
-            kernels for the Sinkhorn and contrastive parts, CPU tensors only), ``"torch"`` (torch
+        backend: ``"auto"`` (``"cpu"`` for CPU tensors, ``"torch"`` otherwise), ``"cpu"`` (both losses
+            and their gradient in one C++ call per step, CPU tensors only), ``"torch"`` (torch
             ops only, any device), ``"reference"`` (:func:`topoot_gpu.reference.train_head` image
             by image).
         num_threads: threads of the C++ kernels (default: all cores).
