@@ -28,7 +28,7 @@ from ._validation import as_map_batch, check_choice, check_threads
 
 FILTRATIONS = ("sublevel", "superlevel")
 CONSTRUCTIONS = ("T", "V")
-BACKENDS = ("auto", "cpu", "reference")
+BACKENDS = ("auto", "cpu", "triton", "reference")
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,10 @@ def cubical_persistence(
         construction: ``"T"`` (pixels are top cells, GUDHI ``top_dimensional_cells=``) or
             ``"V"`` (pixels are vertices, GUDHI ``vertices=``).
         dims: the homology dimensions wanted, a non-empty subset of ``(0, 1)``.
-        backend: ``"auto"`` or ``"cpu"`` (the C++ union-find core), ``"reference"`` (GUDHI
-            ``CubicalComplex``; needs the ``test`` extra).
+        backend: ``"auto"`` or ``"cpu"`` (the C++ union-find core), ``"triton"`` (basins on the
+            GPU, see :mod:`topoot_gpu.persistence_gpu`; CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``), ``"reference"`` (GUDHI ``CubicalComplex``; needs the ``test``
+            extra).
         num_threads: worker threads over the batch for the ``"cpu"`` backend (default: all cores).
 
     Returns:
@@ -154,6 +156,8 @@ def cubical_persistence(
     check_choice("backend", backend, BACKENDS)
     dim0, dim1 = _check_dims(dims)
     threads = check_threads(num_threads)
+    if backend == "triton":
+        return _gpu_persistence(maps, filtration, construction, dim0, dim1)
     batch = as_map_batch(maps, check_finite=backend == "reference")
     arr = batch.array
     if backend == "reference":
@@ -169,6 +173,39 @@ def cubical_persistence(
         *fields,
         batch_size=arr.shape[0],
         shape=(arr.shape[1], arr.shape[2]),
+        filtration=filtration,
+        construction=construction,
+    )
+
+
+def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, dim1: bool) -> Diagrams:
+    """The Triton backend: the same checks, and the map stays on its device."""
+    import os
+
+    import torch
+
+    if isinstance(maps, np.ndarray):
+        maps = torch.from_numpy(maps)
+    batch = as_map_batch(maps, check_finite=False)  # shape and dtype checks (on a host copy)
+    t = maps.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    t = (t[None] if t.dim() == 2 else t).contiguous()
+    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {t.device}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("maps: contains NaN or infinite values")
+    from . import persistence_triton
+    from .persistence_gpu import basin_persistence
+
+    fields = basin_persistence(
+        t, superlevel=filtration == "superlevel", conn8_h0=construction == "T", dim0=dim0, dim1=dim1,
+        kernels=persistence_triton,
+    )  # fmt: skip
+    return Diagrams(
+        *fields,
+        batch_size=batch.array.shape[0],
+        shape=(t.shape[1], t.shape[2]),
         filtration=filtration,
         construction=construction,
     )

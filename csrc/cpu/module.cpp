@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <string>
 
+#include "basin_merge_cpu.h"
 #include "head_cpu.h"
 #include "persistence_cpu.h"
 #include "sinkhorn_cpu.h"
@@ -31,6 +32,37 @@ bool all_finite(const T* x, int64_t n) {
     bad |= static_cast<Bits>((u & kExp) == kExp);
   }
   return bad == 0;
+}
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style>;
+
+// Pairs of every image as flat arrays (image, dim, birth, death, birth_pixel, death_pixel).
+py::tuple pack_pairs(const std::vector<topoot::ImagePairs>& pairs) {
+  size_t total = 0;
+  for (const auto& p : pairs) total += p.dim.size();
+  const auto n = static_cast<py::ssize_t>(total);
+  py::array_t<int64_t> image(n), dim(n), birth_pixel(n), death_pixel(n);
+  py::array_t<double> birth(n), death(n);
+  int64_t* im = image.mutable_data();
+  int64_t* dm = dim.mutable_data();
+  int64_t* bp = birth_pixel.mutable_data();
+  int64_t* dp = death_pixel.mutable_data();
+  double* bv = birth.mutable_data();
+  double* dv = death.mutable_data();
+  size_t k = 0;
+  for (size_t b = 0; b < pairs.size(); ++b) {
+    const auto& p = pairs[b];
+    const size_t m = p.dim.size();
+    std::fill(im + k, im + k + m, static_cast<int64_t>(b));
+    std::copy(p.dim.begin(), p.dim.end(), dm + k);
+    std::copy(p.birth.begin(), p.birth.end(), bv + k);
+    std::copy(p.death.begin(), p.death.end(), dv + k);
+    std::copy(p.birth_pixel.begin(), p.birth_pixel.end(), bp + k);
+    std::copy(p.death_pixel.begin(), p.death_pixel.end(), dp + k);
+    k += m;
+  }
+  return py::make_tuple(image, dim, birth, death, birth_pixel, death_pixel);
 }
 
 template <typename T>
@@ -61,30 +93,40 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
     if (finite) topoot::batch_persistence<T>(x, B, H, W, opt, num_threads, pairs);
   }
   if (!finite) throw std::invalid_argument("maps: contains NaN or infinite values");
-  size_t total = 0;
-  for (const auto& p : pairs) total += p.dim.size();
-  const auto n = static_cast<py::ssize_t>(total);
-  py::array_t<int64_t> image(n), dim(n), birth_pixel(n), death_pixel(n);
-  py::array_t<double> birth(n), death(n);
-  int64_t* im = image.mutable_data();
-  int64_t* dm = dim.mutable_data();
-  int64_t* bp = birth_pixel.mutable_data();
-  int64_t* dp = death_pixel.mutable_data();
-  double* bv = birth.mutable_data();
-  double* dv = death.mutable_data();
-  size_t k = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& p = pairs[b];
-    const size_t m = p.dim.size();
-    std::fill(im + k, im + k + m, b);
-    std::copy(p.dim.begin(), p.dim.end(), dm + k);
-    std::copy(p.birth.begin(), p.birth.end(), bv + k);
-    std::copy(p.death.begin(), p.death.end(), dv + k);
-    std::copy(p.birth_pixel.begin(), p.birth_pixel.end(), bp + k);
-    std::copy(p.death_pixel.begin(), p.death_pixel.end(), dp + k);
-    k += m;
+  return pack_pairs(pairs);
+}
+
+// The GPU backends' sequential step: the elder rule on the basin graph (basin_merge_cpu.h).
+py::tuple basin_merge(const Array<int64_t>& offsets, const Array<int64_t>& saddle, const Array<int64_t>& root_a,
+                      const Array<int64_t>& root_b, const Array<double>& w_saddle, const Array<double>& w_a,
+                      const Array<double>& w_b, int64_t P, bool outside, int64_t dim, double sign, int num_threads) {
+  const int64_t B = offsets.shape(0) - 1;
+  if (offsets.ndim() != 1 || B < 0) throw std::invalid_argument("offsets: expected B + 1 offsets");
+  const int64_t n = offsets.data()[B];
+  for (const auto* a : {&saddle, &root_a, &root_b}) {
+    if (a->ndim() != 1 || a->shape(0) != n) throw std::invalid_argument("edges: expected offsets[-1] entries each");
   }
-  return py::make_tuple(image, dim, birth, death, birth_pixel, death_pixel);
+  for (const auto* a : {&w_saddle, &w_a, &w_b}) {
+    if (a->ndim() != 1 || a->shape(0) != n) throw std::invalid_argument("edges: expected offsets[-1] values each");
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (offsets.data()[b] > offsets.data()[b + 1] || offsets.data()[b] < 0)
+      throw std::invalid_argument("offsets: expected nondecreasing offsets from 0");
+  }
+  for (const auto* a : {&saddle, &root_a, &root_b}) {
+    const int64_t* x = a->data();
+    for (int64_t k = 0; k < n; ++k)
+      if (x[k] < 0 || x[k] > P || (x[k] == P && (!outside || a == &saddle)))
+        throw std::invalid_argument("edges: node index out of range");
+  }
+  topoot::BasinEdges edges{offsets.data(), saddle.data(), root_a.data(), root_b.data(),
+                           w_saddle.data(), w_a.data(), w_b.data()};
+  std::vector<topoot::ImagePairs> pairs;
+  {
+    py::gil_scoped_release release;
+    topoot::basin_merge(edges, B, P, outside, dim, sign, num_threads, pairs);
+  }
+  return pack_pairs(pairs);
 }
 
 template <typename T>
@@ -169,9 +211,6 @@ py::tuple sinkhorn_stats_impl(const py::array_t<T, py::array::c_style>& a, const
   return py::make_tuple(finite, a_ok, b_ok, worst);
 }
 
-template <typename T>
-using Array = py::array_t<T, py::array::c_style>;
-
 // The head's loss without its products: e [B, P, E], y [B, P] uint8, partner and weight [B, 2P]
 // -> (loss_ot [B], loss_contrastive [B], grad_e [B, P, E]); see head_cpu.h.
 template <typename T>
@@ -219,6 +258,9 @@ py::tuple head_loss_impl(const Array<T>& e, const Array<uint8_t>& y, const Array
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "topoot_gpu C++ kernels (CPU)";
+  m.def("basin_merge", &basin_merge, py::arg("offsets"), py::arg("saddle"), py::arg("root_a"), py::arg("root_b"),
+        py::arg("w_saddle"), py::arg("w_a"), py::arg("w_b"), py::arg("P"), py::arg("outside"), py::arg("dim"),
+        py::arg("sign"), py::arg("num_threads"));
   m.def("head_loss_f32", &head_loss_impl<float>, py::arg("e"), py::arg("y"), py::arg("partner"), py::arg("weight"),
         py::arg("reg"), py::arg("iters"), py::arg("eps"), py::arg("entropy_base"), py::arg("ot_weight"),
         py::arg("margin"), py::arg("pair_eps"), py::arg("num_threads"));

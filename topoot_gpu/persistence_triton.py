@@ -1,0 +1,119 @@
+"""The data-parallel passes of the GPU persistence backend, in Triton (see ``persistence_gpu.py``).
+
+Three kernels over the pixels of a batch ``[B, H, W]``, each pixel independent:
+
+* ``descent``: every pixel's steepest lower neighbour in the pass order ``(w, index)`` (itself
+  for a local minimum); in the dual pass, border pixels descend to the outside node ``P``;
+* ``jump``: pointer jumping, ``parent[x] = parent[parent[x]]``, launched until nothing changes
+  (``O(log)`` rounds of the longest descent path), so every pixel points at its basin's minimum;
+* ``boundary``: for every neighbour pair counted once (E, S and, 8-connected, SE, SW), the saddle
+  of the pair (the later pixel in the order) when the two pixels lie in different basins, else -1.
+
+Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (set before this module is
+imported), which is how CI tests it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("backend='triton' needs triton: pip install triton") from e
+
+BLOCK = 256
+
+
+@triton.jit
+def _descent_kernel(w_ptr, parent_ptr, H, W, n_pixels, OUTSIDE: tl.constexpr, CONN8: tl.constexpr,
+                    BLOCK: tl.constexpr):  # fmt: skip
+    x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = x < n_pixels
+    P = H * W
+    b = x // P
+    p = x % P
+    i = p // W
+    j = p % W
+    best = p
+    best_w = tl.load(w_ptr + x, mask=valid, other=0.0)
+    for k in tl.static_range(9):
+        if k != 4 and (CONN8 or k % 2 == 1):
+            di = k // 3 - 1
+            dj = k % 3 - 1
+            inside = (i + di >= 0) & (i + di < H) & (j + dj >= 0) & (j + dj < W)
+            q = p + di * W + dj
+            wq = tl.load(w_ptr + b * P + q, mask=valid & inside, other=0.0)
+            earlier = inside & ((wq < best_w) | ((wq == best_w) & (q < best)))
+            best = tl.where(earlier, q, best)
+            best_w = tl.where(earlier, wq, best_w)
+    if OUTSIDE:
+        border = (i == 0) | (i == H - 1) | (j == 0) | (j == W - 1)
+        best = tl.where(border, P, best)
+    tl.store(parent_ptr + b * (P + 1) + p, best, mask=valid)
+
+
+@triton.jit
+def _jump_kernel(parent_ptr, out_ptr, stride, n_nodes, BLOCK: tl.constexpr):
+    x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = x < n_nodes
+    base = (x // stride) * stride
+    par = tl.load(parent_ptr + x, mask=valid, other=0)
+    grand = tl.load(parent_ptr + base + par, mask=valid, other=0)
+    tl.store(out_ptr + x, grand, mask=valid)
+
+
+@triton.jit
+def _boundary_kernel(w_ptr, root_ptr, saddle_ptr, H, W, n_pixels, CONN8: tl.constexpr, BLOCK: tl.constexpr):
+    x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = x < n_pixels
+    P = H * W
+    b = x // P
+    p = x % P
+    i = p // W
+    j = p % W
+    wp = tl.load(w_ptr + x, mask=valid, other=0.0)
+    rp = tl.load(root_ptr + b * (P + 1) + p, mask=valid, other=0)
+    ND: tl.constexpr = 4 if CONN8 else 2
+    # Directions: E (0, 1), S (1, 0), then SE (1, 1) and SW (1, -1) when 8-connected.
+    for d in tl.static_range(ND):
+        di = 0 if d == 0 else 1
+        dj = 1 if d == 0 else (0 if d == 1 else (1 if d == 2 else -1))
+        inside = (i + di < H) & (j + dj >= 0) & (j + dj < W)
+        q = p + di * W + dj
+        m = valid & inside
+        wq = tl.load(w_ptr + b * P + q, mask=m, other=0.0)
+        rq = tl.load(root_ptr + b * (P + 1) + q, mask=m, other=0)
+        q_later = (wq > wp) | ((wq == wp) & (q > p))
+        saddle = tl.where(q_later, q, p)
+        saddle = tl.where(m & (rq != rp), saddle, -1)
+        tl.store(saddle_ptr + x * ND + d, saddle, mask=valid)
+
+
+def _grid(n: int):
+    return (triton.cdiv(n, BLOCK),)
+
+
+def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torch.Tensor:
+    """``[B, P + 1]`` int64: each pixel's steepest lower neighbour; entry ``P`` is the outside node."""
+    B, P = w.shape
+    parent = torch.full((B, P + 1), P, dtype=torch.int64, device=w.device)
+    _descent_kernel[_grid(B * P)](w, parent, H, W, B * P, OUTSIDE=outside, CONN8=conn8, BLOCK=BLOCK)
+    return parent
+
+
+def jump(parent: torch.Tensor) -> torch.Tensor:
+    """One round of pointer jumping on ``[B, P + 1]``."""
+    out = torch.empty_like(parent)
+    _jump_kernel[_grid(parent.numel())](parent, out, parent.shape[1], parent.numel(), BLOCK=BLOCK)
+    return out
+
+
+def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -> torch.Tensor:
+    """``[B * P * ND]`` int64: the saddle of each (pixel, direction) pair across two basins, else -1."""
+    B, P = w.shape
+    nd = 4 if conn8 else 2
+    saddle = torch.empty(B * P * nd, dtype=torch.int64, device=w.device)
+    _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, CONN8=conn8, BLOCK=BLOCK)
+    return saddle
