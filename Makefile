@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard topoot_gpu/*.py) $(wildcard topoot_gpu/data/*)
+$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard csrc/cuda/*) $(wildcard topoot_gpu/*.py) $(wildcard topoot_gpu/data/*)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q .
 	touch $@
@@ -20,7 +20,7 @@ $(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install -q '.[test]'
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test bench cuda-check
 demo: $(VENV)/.runtime
 	$(BIN)/topoot demo
 
@@ -34,3 +34,8 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_sinkhorn.py
 	$(BIN)/python benchmarks/bench_selection.py
 	$(BIN)/python benchmarks/bench_refine.py
+
+# nvcc compiles csrc/cuda/*.cu for sm_80 and sm_90 (no GPU needed): a compile error fails.
+cuda-check:
+	cmake -S . -B build/cuda_check -DTOPOOT_CUDA_CHECK=ON
+	cmake --build build/cuda_check

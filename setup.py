@@ -1,4 +1,5 @@
-"""Builds the C++ core ``topoot_gpu._C`` through CMake (only a C++ compiler is needed)."""
+"""Builds the C++ core ``topoot_gpu._C`` through CMake (only a C++ compiler is needed), and ships the
+CUDA sources (compiled at run time by NVRTC) inside the package as ``topoot_gpu/cuda/``."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 import pybind11
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -34,4 +36,16 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "--target", "_C", "-j", jobs], cwd=build_dir, check=True)
 
 
-setup(ext_modules=[CMakeExtension("topoot_gpu._C")], cmdclass={"build_ext": CMakeBuild})
+class BuildPyWithCudaSources(build_py):
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "topoot_gpu" / "cuda"
+        target.mkdir(parents=True, exist_ok=True)
+        for src in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
+            self.copy_file(str(src), str(target / src.name))
+
+
+setup(
+    ext_modules=[CMakeExtension("topoot_gpu._C")],
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPyWithCudaSources},
+)

@@ -8,6 +8,14 @@ GUDHI's 2-D fast path ``gudhi.sklearn.CubicalPersistence`` (no pixels) and Cubic
 are 100x slower); the ratio column is their ms per map over ours on one thread.
 
     python benchmarks/bench_persistence.py [--batch 64] [--repeats 5] [--sizes 224 512]
+
+``--gpu``: the GPU backends instead (``cuda`` and ``triton``, float32 maps on the device): maps per
+second at batch 1, 16, 256 and 1024 for the two workloads of the selection (sublevel H1 + superlevel
+H0) and all four diagrams (H0 and H1 of both filtrations), against the C++ core on every core and
+GUDHI's fast path (float64 copies, same workloads where it can: it always computes H0 and H1),
+written to ``benchmarks/results/persistence_gpu.json`` with the GPU's name.
+
+    python benchmarks/bench_persistence.py --gpu [--gpu-batches 1 16 256 1024] [--sizes 224 512]
 """
 
 from __future__ import annotations
@@ -65,6 +73,63 @@ def tools(slow_batch: int) -> dict:
     return out
 
 
+WORKLOADS = {
+    "subH1+supH0": [("sublevel", (1,)), ("superlevel", (0,))],
+    "four diagrams": [("sublevel", (0, 1)), ("superlevel", (0, 1))],
+}
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    import torch
+
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes:
+        for kind in args.kinds:
+            for batch in args.gpu_batches:
+                host = make_maps(kind, batch, size, args.seed)
+                maps = torch.from_numpy(host).float().to(device)
+                for workload, passes in WORKLOADS.items():
+                    row = {"size": size, "kind": kind, "batch": batch, "workload": workload}
+
+                    def run(backend, m, passes=passes):
+                        for filtration, dims in passes:
+                            cubical_persistence(m, filtration=filtration, dims=dims, backend=backend)
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+
+                    for backend in args.gpu_backends:
+                        seconds = median_seconds(lambda b=backend, m=maps: run(b, m), repeats=args.repeats)
+                        row[f"{backend}_maps_per_s"] = batch / seconds
+                    cpu_maps = maps.cpu()
+                    seconds = median_seconds(lambda m=cpu_maps: run("cpu", m), repeats=args.repeats)
+                    row["cpu_all_threads_maps_per_s"] = batch / seconds
+                    try:
+                        from gudhi.sklearn.cubical_persistence import CubicalPersistence
+
+                        fast = CubicalPersistence(homology_dimensions=[0, 1], n_jobs=1)
+                        as_list = list(host)
+                        neg = list(-host)
+                        seconds = median_seconds(
+                            lambda f=fast, a=as_list, n=neg: (f.fit_transform(a), f.fit_transform(n)), repeats=1
+                        )
+                        row["gudhi_fast_path_maps_per_s"] = batch / seconds
+                    except ImportError:
+                        pass
+                    for backend in args.gpu_backends:
+                        row[f"{backend}_vs_cpu"] = row[f"{backend}_maps_per_s"] / row["cpu_all_threads_maps_per_s"]
+                    rows.append(row)
+                print(f"done {size} {kind} batch {batch}", flush=True)
+    columns = ["size", "kind", "batch", "workload"] + [k for k in rows[0] if k.endswith("_per_s") or k.endswith("_cpu")]
+    print("\nmaps per second; *_vs_cpu = GPU backend / C++ core on every core")
+    print_table(rows, columns)
+    write_json(
+        "persistence_gpu",
+        {"benchmark": "cubical_persistence on the GPU", "environment": environment(), "args": vars(args), "rows": rows},
+        args.out,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
@@ -74,7 +139,14 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["smooth", "noise"], choices=["smooth", "noise"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/persistence_cpu.json)")
+    ap.add_argument("--gpu", action="store_true", help="time the GPU backends (see above)")
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[1, 16, 256, 1024])
+    ap.add_argument("--gpu-backends", nargs="+", default=["cuda", "triton"], choices=["cuda", "triton"])
+    ap.add_argument("--device", default="cuda", help="with --gpu: the torch device (cpu only under TRITON_INTERPRET=1)")
     args = ap.parse_args()
+    if args.gpu:
+        gpu_main(args)
+        return
 
     rows = []
     for size in args.sizes:

@@ -28,7 +28,7 @@ from ._validation import as_map_batch, check_choice, check_threads
 
 FILTRATIONS = ("sublevel", "superlevel")
 CONSTRUCTIONS = ("T", "V")
-BACKENDS = ("auto", "cpu", "triton", "reference")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 
 @dataclass(frozen=True)
@@ -134,15 +134,18 @@ def cubical_persistence(
 
     Args:
         maps: numpy array or torch tensor, ``[H, W]`` or ``[B, H, W]``, any floating dtype,
-            finite. CUDA tensors are copied to the CPU (the GPU kernels are not there yet).
+            finite. The ``"cpu"`` backend copies CUDA tensors to the host; ``"cuda"`` and
+            ``"triton"`` keep them on the device.
         filtration: ``"sublevel"`` (pairs ``b < d``, essential ``(min a, +inf)``) or
             ``"superlevel"`` (the sublevel filtration of ``-a`` in the map's units: pairs
             ``b > d``, essential ``(max a, -inf)``).
         construction: ``"T"`` (pixels are top cells, GUDHI ``top_dimensional_cells=``) or
             ``"V"`` (pixels are vertices, GUDHI ``vertices=``).
         dims: the homology dimensions wanted, a non-empty subset of ``(0, 1)``.
-        backend: ``"auto"`` or ``"cpu"`` (the C++ union-find core), ``"triton"`` (basins on the
-            GPU, see :mod:`topoot_gpu.persistence_gpu`; CUDA tensors, or CPU tensors under
+        backend: ``"auto"`` or ``"cpu"`` (the C++ union-find core; "auto" stays on the CPU until
+            the GPU backends have been run on GPU hardware), ``"cuda"`` (basins on the GPU, see
+            :mod:`topoot_gpu.persistence_gpu`, CUDA C++ kernels through CuPy; CUDA tensors),
+            ``"triton"`` (the same passes in Triton; CUDA tensors, or CPU tensors under
             ``TRITON_INTERPRET=1``), ``"reference"`` (GUDHI ``CubicalComplex``; needs the ``test``
             extra).
         num_threads: worker threads over the batch for the ``"cpu"`` backend (default: all cores).
@@ -156,8 +159,8 @@ def cubical_persistence(
     check_choice("backend", backend, BACKENDS)
     dim0, dim1 = _check_dims(dims)
     threads = check_threads(num_threads)
-    if backend == "triton":
-        return _gpu_persistence(maps, filtration, construction, dim0, dim1)
+    if backend in ("cuda", "triton"):
+        return _gpu_persistence(maps, filtration, construction, dim0, dim1, backend)
     batch = as_map_batch(maps, check_finite=backend == "reference")
     arr = batch.array
     if backend == "reference":
@@ -178,8 +181,8 @@ def cubical_persistence(
     )
 
 
-def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, dim1: bool) -> Diagrams:
-    """The Triton backend: the same checks, and the map stays on its device."""
+def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, dim1: bool, backend: str) -> Diagrams:
+    """The CUDA and Triton backends: the same checks, and the map stays on its device."""
     import os
 
     import torch
@@ -191,16 +194,21 @@ def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, 
     if t.dtype in (torch.float16, torch.bfloat16):
         t = t.float()
     t = (t[None] if t.dim() == 2 else t).contiguous()
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {t.device}")
+    interpret = backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+    if t.device.type != "cuda" and not interpret:
+        raise ValueError(f"backend: {backend!r} needs CUDA tensors, got {t.device}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError("maps: contains NaN or infinite values")
-    from . import persistence_triton
     from .persistence_gpu import basin_persistence
+
+    if backend == "cuda":
+        from . import persistence_cuda as kernels
+    else:
+        from . import persistence_triton as kernels
 
     fields = basin_persistence(
         t, superlevel=filtration == "superlevel", conn8_h0=construction == "T", dim0=dim0, dim1=dim1,
-        kernels=persistence_triton,
+        kernels=kernels,
     )  # fmt: skip
     return Diagrams(
         *fields,

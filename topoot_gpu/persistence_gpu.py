@@ -74,13 +74,13 @@ def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int,
     from . import _C
 
     B, P = w.shape
-    root = kernels.descent(w, H, W, conn8, outside)
-    while True:
-        nxt = kernels.jump(root)
-        if torch.equal(nxt, root):
-            break
-        root = nxt
+    parent = kernels.descent(w, H, W, conn8, outside)
+    if bool((parent < 0).any()):
+        raise RuntimeError("descent left entries unwritten")
+    root = kernels.jump(parent)
     saddle = kernels.boundary(w, root, H, W, conn8)
+    if bool((saddle < -1).any()):
+        raise RuntimeError("boundary left entries unwritten")
     nd = 4 if conn8 else 2
     k = torch.nonzero(saddle >= 0).flatten()
     pixel = k // nd

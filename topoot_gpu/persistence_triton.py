@@ -5,7 +5,8 @@ Three kernels over the pixels of a batch ``[B, H, W]``, each pixel independent:
 * ``descent``: every pixel's steepest lower neighbour in the pass order ``(w, index)`` (itself
   for a local minimum); in the dual pass, border pixels descend to the outside node ``P``;
 * ``jump``: pointer jumping, ``parent[x] = parent[parent[x]]``, launched until nothing changes
-  (``O(log)`` rounds of the longest descent path), so every pixel points at its basin's minimum;
+  (``O(log)`` rounds of the longest descent path), so every pixel points at its basin's minimum
+  (out of place: the interpreter runs programs one after another);
 * ``boundary``: for every neighbour pair counted once (E, S and, 8-connected, SE, SW), the saddle
   of the pair (the later pixel in the order) when the two pixels lie in different basins, else -1.
 
@@ -98,22 +99,26 @@ def _grid(n: int):
 def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torch.Tensor:
     """``[B, P + 1]`` int64: each pixel's steepest lower neighbour; entry ``P`` is the outside node."""
     B, P = w.shape
-    parent = torch.full((B, P + 1), P, dtype=torch.int64, device=w.device)
+    parent = torch.full((B, P + 1), -7, dtype=torch.int64, device=w.device)  # poison: unwritten shows
+    parent[:, P] = P
     _descent_kernel[_grid(B * P)](w, parent, H, W, B * P, OUTSIDE=outside, CONN8=conn8, BLOCK=BLOCK)
     return parent
 
 
 def jump(parent: torch.Tensor) -> torch.Tensor:
-    """One round of pointer jumping on ``[B, P + 1]``."""
-    out = torch.empty_like(parent)
-    _jump_kernel[_grid(parent.numel())](parent, out, parent.shape[1], parent.numel(), BLOCK=BLOCK)
-    return out
+    """Pointer jumping on ``[B, P + 1]`` until a round changes nothing: every node's root."""
+    while True:
+        out = torch.empty_like(parent)
+        _jump_kernel[_grid(parent.numel())](parent, out, parent.shape[1], parent.numel(), BLOCK=BLOCK)
+        if torch.equal(out, parent):
+            return out
+        parent = out
 
 
 def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -> torch.Tensor:
     """``[B * P * ND]`` int64: the saddle of each (pixel, direction) pair across two basins, else -1."""
     B, P = w.shape
     nd = 4 if conn8 else 2
-    saddle = torch.empty(B * P * nd, dtype=torch.int64, device=w.device)
+    saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
     _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, CONN8=conn8, BLOCK=BLOCK)
     return saddle

@@ -1,0 +1,98 @@
+// The data-parallel passes of the GPU persistence backend (topoot_gpu/persistence_gpu.py), one
+// thread per pixel of a batch [B, H, W] stored as w [B, P] (P = H * W) in the pass order's units
+// (w = value, negated for a descending pass). The same passes as persistence_triton.py:
+//   descent:  parent[b, p] = the earliest of p and its neighbours in the order (w, index); in the
+//             dual pass (outside != 0) border pixels point at the outside node P;
+//   jump:     parent[x] = parent[parent[x]] in place until a launch changes nothing (any ancestor
+//             is a valid value to read, so in-place updates only speed it up);
+//   boundary: for each neighbour pair counted once (E, S and, 8-connected, SE, SW), the later pixel
+//             of the pair when its two pixels lie in different basins, else -1.
+// Compiled at run time by NVRTC (CuPy RawModule) and, in CI, by nvcc (CMake target cuda_check).
+// No includes: NVRTC has no standard headers.
+
+typedef long long i64;
+
+template <typename T>
+__device__ __forceinline__ bool earlier(T wq, i64 q, T wp, i64 p) {
+  return wq < wp || (wq == wp && q < p);
+}
+
+template <typename T>
+__device__ void descent(const T* w, i64* parent, int H, int W, i64 n_pixels, int conn8, int outside) {
+  const i64 x = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (x >= n_pixels) return;
+  const i64 P = static_cast<i64>(H) * W;
+  const i64 b = x / P, p = x % P;
+  const int i = static_cast<int>(p / W), j = static_cast<int>(p % W);
+  i64 best = p;
+  T best_w = w[x];
+  for (int di = -1; di <= 1; ++di) {
+    for (int dj = -1; dj <= 1; ++dj) {
+      if ((di == 0 && dj == 0) || (!conn8 && di != 0 && dj != 0)) continue;
+      const int ii = i + di, jj = j + dj;
+      if (ii < 0 || ii >= H || jj < 0 || jj >= W) continue;
+      const i64 q = p + static_cast<i64>(di) * W + dj;
+      const T wq = w[b * P + q];
+      if (earlier(wq, q, best_w, best)) {
+        best = q;
+        best_w = wq;
+      }
+    }
+  }
+  if (outside && (i == 0 || i == H - 1 || j == 0 || j == W - 1)) best = P;
+  parent[b * (P + 1) + p] = best;
+}
+
+template <typename T>
+__device__ void boundary(const T* w, const i64* root, i64* saddle, int H, int W, i64 n_pixels, int conn8) {
+  const i64 x = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (x >= n_pixels) return;
+  const i64 P = static_cast<i64>(H) * W;
+  const i64 b = x / P, p = x % P;
+  const int i = static_cast<int>(p / W), j = static_cast<int>(p % W);
+  const int nd = conn8 ? 4 : 2;
+  const int dis[4] = {0, 1, 1, 1}, djs[4] = {1, 0, 1, -1};
+  const T wp = w[x];
+  const i64 rp = root[b * (P + 1) + p];
+  for (int d = 0; d < nd; ++d) {
+    const int ii = i + dis[d], jj = j + djs[d];
+    i64 s = -1;
+    if (ii < H && jj >= 0 && jj < W) {
+      const i64 q = p + static_cast<i64>(dis[d]) * W + djs[d];
+      if (root[b * (P + 1) + q] != rp) s = earlier(wp, p, w[b * P + q], q) ? q : p;
+    }
+    saddle[x * nd + d] = s;
+  }
+}
+
+extern "C" {
+
+__global__ void descent_f32(const float* w, i64* parent, int H, int W, i64 n_pixels, int conn8, int outside) {
+  descent<float>(w, parent, H, W, n_pixels, conn8, outside);
+}
+
+__global__ void descent_f64(const double* w, i64* parent, int H, int W, i64 n_pixels, int conn8, int outside) {
+  descent<double>(w, parent, H, W, n_pixels, conn8, outside);
+}
+
+__global__ void jump(i64* parent, i64 stride, i64 n_nodes, int* changed) {
+  const i64 x = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (x >= n_nodes) return;
+  const i64 base = (x / stride) * stride;
+  const i64 par = parent[x];
+  const i64 grand = parent[base + par];
+  if (grand != par) {
+    parent[x] = grand;
+    *changed = 1;
+  }
+}
+
+__global__ void boundary_f32(const float* w, const i64* root, i64* saddle, int H, int W, i64 n_pixels, int conn8) {
+  boundary<float>(w, root, saddle, H, W, n_pixels, conn8);
+}
+
+__global__ void boundary_f64(const double* w, const i64* root, i64* saddle, int H, int W, i64 n_pixels, int conn8) {
+  boundary<double>(w, root, saddle, H, W, n_pixels, conn8);
+}
+
+}  // extern "C"

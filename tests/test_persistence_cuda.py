@@ -1,0 +1,64 @@
+"""The CUDA persistence backend (CuPy + NVRTC) against the CPU core, on a GPU only (skipped visibly
+without one): identical pairs and pixels on the persistence tests' kinds of input and on large
+mixed batches, poisoned outputs (checked inside the backend), repeated runs identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from topoot_gpu import cubical_persistence
+from topoot_gpu.testing import blob_maps, smooth_maps
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
+
+
+def _rows(d):
+    from test_persistence_triton import rows
+
+    return rows(d)
+
+
+@pytest.mark.parametrize("construction,filtration", CASES)
+def test_cuda_pairs_and_pixels_equal_the_cpu_core(rng, construction, filtration):
+    pytest.importorskip("cupy")
+    from test_persistence_triton import batches
+
+    kw = dict(filtration=filtration, construction=construction)
+    for maps in batches(rng):
+        for dtype in (torch.float64, torch.float32):
+            t = torch.from_numpy(maps).to(dtype)
+            assert _rows(cubical_persistence(t.cuda(), backend="cuda", **kw)) == _rows(cubical_persistence(t, **kw))
+
+
+@pytest.mark.parametrize("size", [224, 512])
+def test_cuda_large_mixed_batches_and_repeats(rng, size):
+    pytest.importorskip("cupy")
+    maps = np.concatenate(
+        [smooth_maps(rng, 3, size, size, sigma=4.0), blob_maps(rng, 3, size, size), rng.random((3, size, size))]
+    )
+    t = torch.from_numpy(maps).float()
+    for filtration in ("sublevel", "superlevel"):
+        cpu = _rows(cubical_persistence(t, filtration=filtration))
+        first = _rows(cubical_persistence(t.cuda(), filtration=filtration, backend="cuda"))
+        again = _rows(cubical_persistence(t.cuda(), filtration=filtration, backend="cuda"))
+        assert first == cpu and again == first
+
+
+def test_cuda_largest_supported_map(rng):
+    pytest.importorskip("cupy")
+    t = torch.from_numpy(rng.random((1, 2048, 2048))).float()
+    assert _rows(cubical_persistence(t.cuda(), backend="cuda")) == _rows(cubical_persistence(t))
+
+
+def test_triton_on_the_gpu_equals_the_cpu_core(rng):
+    pytest.importorskip("triton")
+    t = torch.from_numpy(np.concatenate([rng.random((4, 224, 224)), smooth_maps(rng, 4, 224, 224)])).float()
+    for construction in ("T", "V"):
+        gpu = cubical_persistence(t.cuda(), construction=construction, backend="triton")
+        assert _rows(gpu) == _rows(cubical_persistence(t, construction=construction))

@@ -1,0 +1,91 @@
+"""The data-parallel passes of the GPU persistence backend in CUDA C++ (``csrc/cuda/persistence_cuda.cu``).
+
+The source is compiled at run time by NVRTC through CuPy's ``RawModule`` (cached by CuPy), torch
+tensors are handed to the kernels without a copy (``__cuda_array_interface__``), and every launch
+goes to torch's current stream. CuPy checks each launch's return code; a fault inside a kernel
+surfaces at the next synchronisation, at the latest when the edges are copied to the host.
+Same functions and results as :mod:`topoot_gpu.persistence_triton`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import cupy
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("backend='cuda' needs CuPy for CUDA 13: pip install cupy-cuda13x") from e
+
+BLOCK = 256
+
+
+def _source() -> str:
+    """The kernel source: shipped in the package (``cuda/``) or read from a source checkout."""
+    here = Path(__file__).resolve().parent
+    for path in (here / "cuda" / "persistence_cuda.cu", here.parent / "csrc" / "cuda" / "persistence_cuda.cu"):
+        if path.is_file():
+            return path.read_text()
+    raise FileNotFoundError("persistence_cuda.cu: not found in the package nor in a source checkout")
+
+
+@cache
+def _module(device: int) -> cupy.RawModule:
+    with cupy.cuda.Device(device):
+        return cupy.RawModule(code=_source(), options=("-std=c++17",))
+
+
+def _launch(name: str, n: int, device: torch.device, *args) -> None:
+    kernel = _module(device.index).get_function(name)
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index)
+    with cupy.cuda.Device(device.index), stream:
+        kernel(((n + BLOCK - 1) // BLOCK,), (BLOCK,), args)
+
+
+def _ptr(t: torch.Tensor) -> cupy.ndarray:
+    return cupy.asarray(t)  # zero-copy view through __cuda_array_interface__
+
+
+def _suffix(w: torch.Tensor) -> str:
+    if w.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"maps: expected float32 or float64 on the GPU, got {w.dtype}")
+    return "f32" if w.dtype == torch.float32 else "f64"
+
+
+def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torch.Tensor:
+    """``[B, P + 1]`` int64: each pixel's steepest lower neighbour; entry ``P`` is the outside node."""
+    B, P = w.shape
+    parent = torch.full((B, P + 1), -7, dtype=torch.int64, device=w.device)  # poison: unwritten shows
+    parent[:, P] = P
+    _launch(
+        f"descent_{_suffix(w)}", B * P, w.device,
+        _ptr(w), _ptr(parent), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8), np.int32(outside),
+    )  # fmt: skip
+    return parent
+
+
+def jump(parent: torch.Tensor) -> torch.Tensor:
+    """Pointer jumping in place until a launch changes nothing."""
+    changed = torch.ones(1, dtype=torch.int32, device=parent.device)
+    while bool(changed.item()):
+        changed.zero_()
+        _launch(
+            "jump", parent.numel(), parent.device,
+            _ptr(parent), np.int64(parent.shape[1]), np.int64(parent.numel()), _ptr(changed),
+        )  # fmt: skip
+    return parent
+
+
+def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -> torch.Tensor:
+    """``[B * P * ND]`` int64: the saddle of each (pixel, direction) pair across two basins, else -1."""
+    B, P = w.shape
+    nd = 4 if conn8 else 2
+    saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
+    _launch(
+        f"boundary_{_suffix(w)}", B * P, w.device,
+        _ptr(w), _ptr(root), _ptr(saddle), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),
+    )  # fmt: skip
+    return saddle
