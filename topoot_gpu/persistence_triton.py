@@ -66,7 +66,7 @@ def _jump_kernel(parent_ptr, out_ptr, stride, n_nodes, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _boundary_kernel(w_ptr, root_ptr, saddle_ptr, H, W, n_pixels, CONN8: tl.constexpr, BLOCK: tl.constexpr):
+def _boundary_kernel(w_ptr, root_ptr, saddle_ptr, H, W, n_pixels, ND: tl.constexpr, BLOCK: tl.constexpr):
     x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = x < n_pixels
     P = H * W
@@ -76,8 +76,7 @@ def _boundary_kernel(w_ptr, root_ptr, saddle_ptr, H, W, n_pixels, CONN8: tl.cons
     j = p % W
     wp = tl.load(w_ptr + x, mask=valid, other=0.0)
     rp = tl.load(root_ptr + b * (P + 1) + p, mask=valid, other=0)
-    ND: tl.constexpr = 4 if CONN8 else 2
-    # Directions: E (0, 1), S (1, 0), then SE (1, 1) and SW (1, -1) when 8-connected.
+    # Directions: E (0, 1), S (1, 0), then SE (1, 1) and SW (1, -1) when 8-connected (ND = 4).
     for d in tl.static_range(ND):
         di = 0 if d == 0 else 1
         dj = 1 if d == 0 else (0 if d == 1 else (1 if d == 2 else -1))
@@ -120,5 +119,5 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     B, P = w.shape
     nd = 4 if conn8 else 2
     saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
-    _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, CONN8=conn8, BLOCK=BLOCK)
+    _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, ND=nd, BLOCK=BLOCK)
     return saddle
