@@ -28,15 +28,18 @@ BLOCK = 256
 
 
 @triton.jit
+def _pixels(n_pixels, H, W, BLOCK: tl.constexpr):
+    """This program's flat indices ``x`` over ``[B, P]``, their mask, image, pixel, row and column."""
+    x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    p = x % (H * W)
+    return x, x < n_pixels, x // (H * W), p, p // W, p % W
+
+
+@triton.jit
 def _descent_kernel(w_ptr, parent_ptr, H, W, n_pixels, OUTSIDE: tl.constexpr, CONN8: tl.constexpr,
                     BLOCK: tl.constexpr):  # fmt: skip
-    x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = x < n_pixels
+    x, valid, b, p, i, j = _pixels(n_pixels, H, W, BLOCK)
     P = H * W
-    b = x // P
-    p = x % P
-    i = p // W
-    j = p % W
     best = p
     best_w = tl.load(w_ptr + x, mask=valid, other=0.0)
     for k in tl.static_range(9):
@@ -67,13 +70,8 @@ def _jump_kernel(parent_ptr, out_ptr, stride, n_nodes, BLOCK: tl.constexpr):
 
 @triton.jit
 def _boundary_kernel(w_ptr, root_ptr, saddle_ptr, H, W, n_pixels, ND: tl.constexpr, BLOCK: tl.constexpr):
-    x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = x < n_pixels
+    x, valid, b, p, i, j = _pixels(n_pixels, H, W, BLOCK)
     P = H * W
-    b = x // P
-    p = x % P
-    i = p // W
-    j = p % W
     wp = tl.load(w_ptr + x, mask=valid, other=0.0)
     rp = tl.load(root_ptr + b * (P + 1) + p, mask=valid, other=0)
     # Directions: E (0, 1), S (1, 0), then SE (1, 1) and SW (1, -1) when 8-connected (ND = 4).
