@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import keep_freed_memory, refine
-from .head import check_seed
+from ._validation import check_seed
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "data" / "sample_maps.npz"
 

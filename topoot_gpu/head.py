@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import _random
-from ._validation import check_choice, check_threads
+from ._validation import check_choice, check_config, check_seed, check_threads
 from .head_config import HeadConfig
 
 BACKENDS = ("auto", "cpu", "torch", "reference")
@@ -72,8 +73,6 @@ def check_features(features: Any, batch: int, height: int, width: int, device: t
     """Validate backbone features for maps ``[batch, height, width]``: a floating tensor (or numpy
     array) ``[B, C, h, w]`` (``[C, h, w]`` for a single ``[H, W]`` map), finite, on the maps'
     device. Returns ``[B, C, h, w]`` in float32 or float64 (float16/bfloat16 are widened)."""
-    import numpy as np
-
     if isinstance(features, np.ndarray):
         if features.dtype.kind != "f":
             raise ValueError(f"features: expected a floating dtype, got {features.dtype}")
@@ -314,9 +313,7 @@ def train_heads(
         bool ``[B, H, W]`` masks: ``|e - proto_fg| < |e - proto_bg|`` after training; an image
         whose pseudo-label is constant gets it back untrained.
     """
-    config = HeadConfig() if config is None else config
-    if not isinstance(config, HeadConfig):
-        raise ValueError(f"config: expected a HeadConfig, got {type(config).__name__}")
+    config = check_config(config, HeadConfig)
     check_choice("backend", backend, BACKENDS)
     check_seed(seed)
     threads = check_threads(num_threads)
@@ -347,11 +344,6 @@ def train_heads(
         masks_t = _train(x, y, (H, W), config, seed, backend == "cpu", threads)
     masks[trained] = masks_t.view(-1, H, W)
     return masks
-
-
-def check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed: expected an int in [0, 2**63), got {seed!r}")
 
 
 def _train(

@@ -17,8 +17,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ._validation import as_map_batch, check_choice
-from .head import check_features, check_seed, map_features, train_heads
+from ._validation import as_map_batch, check_choice, check_config, check_seed
+from .head import check_features, map_features, train_heads
 from .head_config import HeadConfig
 from .selection import Candidate, normalise_maps, pseudo_labels
 from .selection_config import SelectionConfig
@@ -89,9 +89,7 @@ def refine(
         ValueError: bad maps or features (rank, dtype, NaN/inf, batch size or device mismatch),
             config, seed or backend.
     """
-    config = RefineConfig() if config is None else config
-    if not isinstance(config, RefineConfig):
-        raise ValueError(f"config: expected a RefineConfig, got {type(config).__name__}")
+    config = check_config(config, RefineConfig)
     check_choice("backend", backend, BACKENDS)
     check_seed(seed)
     batch = as_map_batch(maps)
@@ -109,8 +107,7 @@ def refine(
         features = map_features(torch.from_numpy(normalise_maps(batch.array)).to(device))
     t2 = time.perf_counter()
     seconds["features"] = t2 - t1
-    head_backend = "auto" if backend == "auto" else backend
-    masks = train_heads(features, labels, config=config.head, seed=seed, backend=head_backend)
+    masks = train_heads(features, labels, config=config.head, seed=seed, backend=backend)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds["head"] = time.perf_counter() - t2

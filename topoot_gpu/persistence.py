@@ -18,13 +18,14 @@ units (pairs with ``birth > death``). Zero-length pairs are not reported.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ._validation import as_map_batch, check_choice, check_threads
+from ._validation import as_map_batch, check_choice, check_threads, map_tensor
 
 FILTRATIONS = ("sublevel", "superlevel")
 CONSTRUCTIONS = ("T", "V")
@@ -183,22 +184,10 @@ def cubical_persistence(
 
 def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, dim1: bool, backend: str) -> Diagrams:
     """The CUDA and Triton backends: the same checks, and the map stays on its device."""
-    import os
-
-    import torch
-
-    if isinstance(maps, np.ndarray):
-        maps = torch.from_numpy(maps)
-    batch = as_map_batch(maps, check_finite=False)  # shape and dtype checks (on a host copy)
-    t = maps.detach()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    t = (t[None] if t.dim() == 2 else t).contiguous()
+    t = map_tensor(maps)
     interpret = backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
     if t.device.type != "cuda" and not interpret:
         raise ValueError(f"backend: {backend!r} needs CUDA tensors, got {t.device}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("maps: contains NaN or infinite values")
     from .persistence_gpu import basin_persistence
 
     if backend == "cuda":
@@ -212,7 +201,7 @@ def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, 
     )  # fmt: skip
     return Diagrams(
         *fields,
-        batch_size=batch.array.shape[0],
+        batch_size=t.shape[0],
         shape=(t.shape[1], t.shape[2]),
         filtration=filtration,
         construction=construction,

@@ -45,7 +45,7 @@ def _launch(name: str, n: int, device: torch.device, *args) -> None:
         kernel(((n + BLOCK - 1) // BLOCK,), (BLOCK,), args)
 
 
-def _ptr(t: torch.Tensor) -> cupy.ndarray:
+def _cupy(t: torch.Tensor) -> cupy.ndarray:
     return cupy.asarray(t)  # zero-copy view through __cuda_array_interface__
 
 
@@ -62,7 +62,7 @@ def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torc
     parent[:, P] = P
     _launch(
         f"descent_{_suffix(w)}", B * P, w.device,
-        _ptr(w), _ptr(parent), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8), np.int32(outside),
+        _cupy(w), _cupy(parent), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8), np.int32(outside),
     )  # fmt: skip
     return parent
 
@@ -74,7 +74,7 @@ def jump(parent: torch.Tensor) -> torch.Tensor:
         changed.zero_()
         _launch(
             "jump", parent.numel(), parent.device,
-            _ptr(parent), np.int64(parent.shape[1]), np.int64(parent.numel()), _ptr(changed),
+            _cupy(parent), np.int64(parent.shape[1]), np.int64(parent.numel()), _cupy(changed),
         )  # fmt: skip
     return parent
 
@@ -86,6 +86,6 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
     _launch(
         f"boundary_{_suffix(w)}", B * P, w.device,
-        _ptr(w), _ptr(root), _ptr(saddle), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),
+        _cupy(w), _cupy(root), _cupy(saddle), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),
     )  # fmt: skip
     return saddle

@@ -46,17 +46,16 @@ def basin_persistence(
         w = -v if superlevel else v
         parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels))
         # The essential class: the first pixel of the order.
-        first_w = w.min(dim=1, keepdim=True).values
         index = torch.arange(P, device=w.device).expand(B, P)
-        first = torch.where(w == first_w, index, P).min(dim=1).values.cpu().numpy()
-        birth = v.gather(1, torch.from_numpy(first).to(v.device)[:, None])[:, 0].double().cpu().numpy()
+        first = torch.where(w == w.min(dim=1, keepdim=True).values, index, P).min(dim=1).values
+        birth = v.gather(1, first[:, None])[:, 0].double()
         parts.append(
             (
                 np.arange(B, dtype=np.int64),
                 np.zeros(B, dtype=np.int64),
-                birth,
+                birth.cpu().numpy(),
                 np.full(B, -np.inf if superlevel else np.inf),
-                first.astype(np.int64),
+                first.cpu().numpy(),
                 np.full(B, -1, dtype=np.int64),
             )
         )
@@ -93,7 +92,10 @@ def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int,
     s = saddle[k]
     ra = root[image, p]
     rb = root[image, q]
-    w_ext = torch.cat([w.double(), torch.full((B, 1), float("-inf"), dtype=torch.float64, device=w.device)], 1)
-    offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device)).cpu().numpy().astype(np.int64)
-    host = [t.cpu().numpy() for t in (s, ra, rb, w_ext[image, s], w_ext[image, ra], w_ext[image, rb])]
+    offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device)).cpu().numpy()
+
+    def w_at(node):  # the outside node P comes before every pixel
+        return torch.where(node == P, float("-inf"), w[image, node.clamp(max=P - 1)].double())
+
+    host = [t.cpu().numpy() for t in (s, ra, rb, w_at(s), w_at(ra), w_at(rb))]
     return _C.basin_merge(offsets, *host, P, outside, dim, sign, check_threads(None))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_map_batch, check_choice, check_threads
+from ._validation import as_map_batch, check_choice, check_config, check_threads
 from .persistence import cubical_persistence
 from .selection_config import SelectionConfig
 from .transport import SCALING_LIMIT
@@ -283,9 +283,7 @@ def pseudo_labels(maps: Any, *, config: SelectionConfig | None = None, backend: 
         A :class:`Selection`: bool labels on the input's device and kind, the chosen candidate
         and the threshold of each image.
     """
-    config = SelectionConfig() if config is None else config
-    if not isinstance(config, SelectionConfig):
-        raise ValueError(f"config: expected a SelectionConfig, got {type(config).__name__}")
+    config = check_config(config, SelectionConfig)
     check_choice("backend", backend, BACKENDS)
     batch = as_map_batch(maps)
     a = normalise_maps(batch.array)

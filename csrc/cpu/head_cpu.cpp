@@ -9,8 +9,6 @@
 namespace topoot {
 namespace {
 
-struct NoState {};
-
 // Column sums over the P rows are accumulated in the compute type T, in the SIMD lanes' order, as
 // the released code's float32 matrix products do; double accumulators would halve the vector width.
 
@@ -120,194 +118,194 @@ struct Scratch {
 template <typename T>
 double ot_consistency_image(const T* x, const uint8_t* lab, int64_t P, int64_t E, const HeadLossOptions& opt,
                             T grad_scale, T* gx, Scratch& scratch) {
-    const int iters = opt.iters;
-    const T eps = static_cast<T>(opt.eps);
-    // Scratch: n [P, E], |e| [P], cos, K, plan, dplan, dK [P, 2] each, v_hist [iters + 1, 2].
-    T* n = scratch.get<T>(static_cast<size_t>(P) * (E + 11) + 2 * (iters + 1));
-    T* norm = n + P * E;
-    T* cos = norm + P;
-    T* K = cos + 2 * P;
-    T* plan = K + 2 * P;
-    T* dplan = plan + 2 * P;
-    T* dK = dplan + 2 * P;
-    T* vh = dK + 2 * P;
+  const int iters = opt.iters;
+  const T eps = static_cast<T>(opt.eps);
+  // Scratch: n [P, E], |e| [P], cos, K, plan, dplan, dK [P, 2] each, v_hist [iters + 1, 2].
+  T* n = scratch.get<T>(static_cast<size_t>(P) * (E + 11) + 2 * (iters + 1));
+  T* norm = n + P * E;
+  T* cos = norm + P;
+  T* K = cos + 2 * P;
+  T* plan = K + 2 * P;
+  T* dplan = plan + 2 * P;
+  T* dK = dplan + 2 * P;
+  T* vh = dK + 2 * P;
 
-    // n = e / max(|e|, 1e-12) (F.normalize); class means of n, normalised: the prototypes.
-    std::vector<double> mean(2 * E, 0.0);
-    int64_t count[2] = {0, 0};
-    for (int64_t i = 0; i < P; ++i) {
-      const T* xi = x + i * E;
-      T sq = 0;
+  // n = e / max(|e|, 1e-12) (F.normalize); class means of n, normalised: the prototypes.
+  std::vector<double> mean(2 * E, 0.0);
+  int64_t count[2] = {0, 0};
+  for (int64_t i = 0; i < P; ++i) {
+    const T* xi = x + i * E;
+    T sq = 0;
 #pragma omp simd reduction(+ : sq)
-      for (int64_t d = 0; d < E; ++d) sq += xi[d] * xi[d];
-      const T nr = std::max(std::sqrt(sq), static_cast<T>(1e-12));
-      norm[i] = nr;
-      T* ni = n + i * E;
-      double* m = mean.data() + (lab[i] ? E : 0);
-      for (int64_t d = 0; d < E; ++d) {
-        ni[d] = xi[d] / nr;
-        m[d] += static_cast<double>(ni[d]);
-      }
-      ++count[lab[i] ? 1 : 0];
+    for (int64_t d = 0; d < E; ++d) sq += xi[d] * xi[d];
+    const T nr = std::max(std::sqrt(sq), static_cast<T>(1e-12));
+    norm[i] = nr;
+    T* ni = n + i * E;
+    double* m = mean.data() + (lab[i] ? E : 0);
+    for (int64_t d = 0; d < E; ++d) {
+      ni[d] = xi[d] / nr;
+      m[d] += static_cast<double>(ni[d]);
     }
-    std::vector<T> proto(2 * E);
-    T mnorm[2];
-    for (int c = 0; c < 2; ++c) {
-      T sq = 0;
-      for (int64_t d = 0; d < E; ++d) {
-        const T m = static_cast<T>(mean[c * E + d] / static_cast<double>(count[c]));
-        proto[c * E + d] = m;
-        sq += m * m;
-      }
-      mnorm[c] = std::max(std::sqrt(sq), static_cast<T>(1e-12));
-      for (int64_t d = 0; d < E; ++d) proto[c * E + d] /= mnorm[c];
+    ++count[lab[i] ? 1 : 0];
+  }
+  std::vector<T> proto(2 * E);
+  T mnorm[2];
+  for (int c = 0; c < 2; ++c) {
+    T sq = 0;
+    for (int64_t d = 0; d < E; ++d) {
+      const T m = static_cast<T>(mean[c * E + d] / static_cast<double>(count[c]));
+      proto[c * E + d] = m;
+      sq += m * m;
     }
-    // cos = n . p_c, K = max(exp(-max(1 - cos, 0) / reg), eps).
-    const T inv_reg = static_cast<T>(1.0 / opt.reg);
-    for (int64_t i = 0; i < P; ++i) {
-      const T* ni = n + i * E;
-      T c0 = 0, c1 = 0;
+    mnorm[c] = std::max(std::sqrt(sq), static_cast<T>(1e-12));
+    for (int64_t d = 0; d < E; ++d) proto[c * E + d] /= mnorm[c];
+  }
+  // cos = n . p_c, K = max(exp(-max(1 - cos, 0) / reg), eps).
+  const T inv_reg = static_cast<T>(1.0 / opt.reg);
+  for (int64_t i = 0; i < P; ++i) {
+    const T* ni = n + i * E;
+    T c0 = 0, c1 = 0;
 #pragma omp simd reduction(+ : c0, c1)
-      for (int64_t d = 0; d < E; ++d) {
-        c0 += ni[d] * proto[d];
-        c1 += ni[d] * proto[E + d];
-      }
-      cos[2 * i] = c0;
-      cos[2 * i + 1] = c1;
-      K[2 * i] = std::max(std::exp(-std::max(T(1) - c0, T(0)) * inv_reg), eps);
-      K[2 * i + 1] = std::max(std::exp(-std::max(T(1) - c1, T(0)) * inv_reg), eps);
+    for (int64_t d = 0; d < E; ++d) {
+      c0 += ni[d] * proto[d];
+      c1 += ni[d] * proto[E + d];
     }
-    sinkhorn_forward(K, P, iters, eps, plan, vh);
+    cos[2 * i] = c0;
+    cos[2 * i + 1] = c1;
+    K[2 * i] = std::max(std::exp(-std::max(T(1) - c0, T(0)) * inv_reg), eps);
+    K[2 * i + 1] = std::max(std::exp(-std::max(T(1) - c1, T(0)) * inv_reg), eps);
+  }
+  sinkhorn_forward(K, P, iters, eps, plan, vh);
 
-    // loss = sum_ic w_ic |mp_ic - y_ic| / Z, w = max(1 - H / ln(base), 0) g, g = plan / (rowsum + eps),
-    // mp = (clamp(cos, -1, 1) + 1) / 2; and the gradients of the loss with respect to plan and cos.
-    const double Z = 2.0 * static_cast<double>(P) + opt.eps;
-    const T invZ = static_cast<T>(1.0 / Z), inv_log_base = static_cast<T>(1.0 / std::log(opt.entropy_base));
-    double total = 0;
-    for (int64_t i = 0; i < P; ++i) {
-      const T yc[2] = {static_cast<T>(lab[i] ? 0 : 1), static_cast<T>(lab[i] ? 1 : 0)};
-      const T S = plan[2 * i] + plan[2 * i + 1] + eps;
-      T g[2], mp[2], diff[2], H = 0;
-      for (int c = 0; c < 2; ++c) {
-        g[c] = plan[2 * i + c] / S;
-        H -= g[c] * std::log(std::max(g[c], eps));
-        mp[c] = (std::min(std::max(cos[2 * i + c], T(-1)), T(1)) + 1) * static_cast<T>(0.5);
-        diff[c] = mp[c] - yc[c];
-      }
-      const T conf_in = 1 - H * inv_log_base;
-      const T conf = std::max(conf_in, T(0));
-      T dg[2], dconf = 0;
-      for (int c = 0; c < 2; ++c) {
-        const T w = conf * g[c], a = std::abs(diff[c]);
-        total += static_cast<double>(w * a);
-        const T dw = a * invZ;
-        dconf += dw * g[c];
-        dg[c] = dw * conf;
-        // d|mp - y| / dcos through the clamp (torch passes the gradient on [-1, 1]).
-        const T sgn = static_cast<T>((diff[c] > 0) - (diff[c] < 0));
-        const T c_ic = cos[2 * i + c];
-        cos[2 * i + c] = (c_ic >= -1 && c_ic <= 1) ? w * invZ * sgn * static_cast<T>(0.5) : T(0);  // now dcos
-      }
-      const T dH = conf_in >= 0 ? -dconf * inv_log_base : T(0);
-      for (int c = 0; c < 2; ++c) dg[c] += dH * -(std::log(std::max(g[c], eps)) + (g[c] >= eps ? T(1) : T(0)));
-      // g = plan / S: dplan_c = dg_c / S - sum_c' dg_c' plan_c' / S^2.
-      const T cross = (dg[0] * plan[2 * i] + dg[1] * plan[2 * i + 1]) / (S * S);
-      dplan[2 * i] = dg[0] / S - cross;
-      dplan[2 * i + 1] = dg[1] / S - cross;
-    }
-    sinkhorn_backward(K, vh, dplan, P, iters, eps, dK);
-
-    // dcos += dK * dK/dcos, dK/dcos = K / reg where exp(...) >= eps and 1 - cos >= 0 (torch's
-    // clamp masks). Then dp_c = sum_i dcos_ic n_i and dn_i = sum_c dcos_ic p_c + dm_{y_i} / N.
-    // cos[] was overwritten with dcos above; the masks need the original cos: recomputed from n.
-    std::vector<double> dproto(2 * E, 0.0);
-    for (int64_t i = 0; i < P; ++i) {
-      const T* ni = n + i * E;
-      for (int c = 0; c < 2; ++c) {
-        T ci = 0;
-#pragma omp simd reduction(+ : ci)
-        for (int64_t d = 0; d < E; ++d) ci += ni[d] * proto[c * E + d];
-        const T arg = T(1) - ci;
-        const T ex = std::exp(-std::max(arg, T(0)) * inv_reg);
-        if (arg >= 0 && ex >= eps) cos[2 * i + c] += dK[2 * i + c] * ex * inv_reg;
-        const double dc = static_cast<double>(cos[2 * i + c]);
-        double* dp = dproto.data() + c * E;
-        for (int64_t d = 0; d < E; ++d) dp[d] += dc * static_cast<double>(ni[d]);
-      }
-    }
-    // p_c = m_c / |m_c|: dm_c = (dp_c - p_c (p_c . dp_c)) / |m_c| (when |m_c| > 1e-12), then / N_c.
-    std::vector<T> dmean(2 * E);
+  // loss = sum_ic w_ic |mp_ic - y_ic| / Z, w = max(1 - H / ln(base), 0) g, g = plan / (rowsum + eps),
+  // mp = (clamp(cos, -1, 1) + 1) / 2; and the gradients of the loss with respect to plan and cos.
+  const double Z = 2.0 * static_cast<double>(P) + opt.eps;
+  const T invZ = static_cast<T>(1.0 / Z), inv_log_base = static_cast<T>(1.0 / std::log(opt.entropy_base));
+  double total = 0;
+  for (int64_t i = 0; i < P; ++i) {
+    const T yc[2] = {static_cast<T>(lab[i] ? 0 : 1), static_cast<T>(lab[i] ? 1 : 0)};
+    const T S = plan[2 * i] + plan[2 * i + 1] + eps;
+    T g[2], mp[2], diff[2], H = 0;
     for (int c = 0; c < 2; ++c) {
-      double dot = 0;
-      for (int64_t d = 0; d < E; ++d) dot += dproto[c * E + d] * static_cast<double>(proto[c * E + d]);
-      for (int64_t d = 0; d < E; ++d) {
-        const T dm = static_cast<T>(dproto[c * E + d] - static_cast<double>(proto[c * E + d]) * dot) / mnorm[c];
-        dmean[c * E + d] = dm / static_cast<T>(count[c]);
-      }
+      g[c] = plan[2 * i + c] / S;
+      H -= g[c] * std::log(std::max(g[c], eps));
+      mp[c] = (std::min(std::max(cos[2 * i + c], T(-1)), T(1)) + 1) * static_cast<T>(0.5);
+      diff[c] = mp[c] - yc[c];
     }
-    // n_i = e_i / |e_i|: de_i = (dn_i - n_i (n_i . dn_i)) / |e_i|.
-    for (int64_t i = 0; i < P; ++i) {
-      const T* ni = n + i * E;
-      const T* dm = dmean.data() + (lab[i] ? E : 0);
-      const T d0 = cos[2 * i], d1 = cos[2 * i + 1];
-      T* gi = gx + i * E;
-      T dot = 0;
+    const T conf_in = 1 - H * inv_log_base;
+    const T conf = std::max(conf_in, T(0));
+    T dg[2], dconf = 0;
+    for (int c = 0; c < 2; ++c) {
+      const T w = conf * g[c], a = std::abs(diff[c]);
+      total += static_cast<double>(w * a);
+      const T dw = a * invZ;
+      dconf += dw * g[c];
+      dg[c] = dw * conf;
+      // d|mp - y| / dcos through the clamp (torch passes the gradient on [-1, 1]).
+      const T sgn = static_cast<T>((diff[c] > 0) - (diff[c] < 0));
+      const T c_ic = cos[2 * i + c];
+      cos[2 * i + c] = (c_ic >= -1 && c_ic <= 1) ? w * invZ * sgn * static_cast<T>(0.5) : T(0);  // now dcos
+    }
+    const T dH = conf_in >= 0 ? -dconf * inv_log_base : T(0);
+    for (int c = 0; c < 2; ++c) dg[c] += dH * -(std::log(std::max(g[c], eps)) + (g[c] >= eps ? T(1) : T(0)));
+    // g = plan / S: dplan_c = dg_c / S - sum_c' dg_c' plan_c' / S^2.
+    const T cross = (dg[0] * plan[2 * i] + dg[1] * plan[2 * i + 1]) / (S * S);
+    dplan[2 * i] = dg[0] / S - cross;
+    dplan[2 * i + 1] = dg[1] / S - cross;
+  }
+  sinkhorn_backward(K, vh, dplan, P, iters, eps, dK);
+
+  // dcos += dK * dK/dcos, dK/dcos = K / reg where exp(...) >= eps and 1 - cos >= 0 (torch's
+  // clamp masks). Then dp_c = sum_i dcos_ic n_i and dn_i = sum_c dcos_ic p_c + dm_{y_i} / N.
+  // cos[] was overwritten with dcos above; the masks need the original cos: recomputed from n.
+  std::vector<double> dproto(2 * E, 0.0);
+  for (int64_t i = 0; i < P; ++i) {
+    const T* ni = n + i * E;
+    for (int c = 0; c < 2; ++c) {
+      T ci = 0;
+#pragma omp simd reduction(+ : ci)
+      for (int64_t d = 0; d < E; ++d) ci += ni[d] * proto[c * E + d];
+      const T arg = T(1) - ci;
+      const T ex = std::exp(-std::max(arg, T(0)) * inv_reg);
+      if (arg >= 0 && ex >= eps) cos[2 * i + c] += dK[2 * i + c] * ex * inv_reg;
+      const double dc = static_cast<double>(cos[2 * i + c]);
+      double* dp = dproto.data() + c * E;
+      for (int64_t d = 0; d < E; ++d) dp[d] += dc * static_cast<double>(ni[d]);
+    }
+  }
+  // p_c = m_c / |m_c|: dm_c = (dp_c - p_c (p_c . dp_c)) / |m_c| (when |m_c| > 1e-12), then / N_c.
+  std::vector<T> dmean(2 * E);
+  for (int c = 0; c < 2; ++c) {
+    double dot = 0;
+    for (int64_t d = 0; d < E; ++d) dot += dproto[c * E + d] * static_cast<double>(proto[c * E + d]);
+    for (int64_t d = 0; d < E; ++d) {
+      const T dm = static_cast<T>(dproto[c * E + d] - static_cast<double>(proto[c * E + d]) * dot) / mnorm[c];
+      dmean[c * E + d] = dm / static_cast<T>(count[c]);
+    }
+  }
+  // n_i = e_i / |e_i|: de_i = (dn_i - n_i (n_i . dn_i)) / |e_i|.
+  for (int64_t i = 0; i < P; ++i) {
+    const T* ni = n + i * E;
+    const T* dm = dmean.data() + (lab[i] ? E : 0);
+    const T d0 = cos[2 * i], d1 = cos[2 * i + 1];
+    T* gi = gx + i * E;
+    T dot = 0;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < E; ++d) {
-        const T dn = d0 * proto[d] + d1 * proto[E + d] + dm[d];
-        gi[d] = dn;
-        dot += dn * ni[d];
-      }
-      const T inv = grad_scale / norm[i];
-      for (int64_t d = 0; d < E; ++d) gi[d] = (gi[d] - ni[d] * dot) * inv;
+    for (int64_t d = 0; d < E; ++d) {
+      const T dn = d0 * proto[d] + d1 * proto[E + d] + dm[d];
+      gi[d] = dn;
+      dot += dn * ni[d];
     }
-    return total / Z;
+    const T inv = grad_scale / norm[i];
+    for (int64_t d = 0; d < E; ++d) gi[d] = (gi[d] - ni[d] * dot) * inv;
+  }
+  return total / Z;
 }
 
 // The contrastive loss of one image's pairs; adds its gradient to gx.
 template <typename T>
 double contrastive_image(const T* x, const int64_t* part, const T* w, int64_t P, int64_t E, double margin,
                          double pd_eps, T* gx) {
-    std::vector<T> diff(E);
-    double total = 0;
-    const T eps = static_cast<T>(pd_eps), m = static_cast<T>(margin);
-    constexpr int64_t kAhead = 8;  // partners are random rows: fetch them ahead of use
-    for (int64_t kp = 0; kp < 2 * P; ++kp) {
-      if (kp + kAhead < 2 * P) {
-        const int64_t jn = part[kp + kAhead];
-        for (int64_t d = 0; d < E; d += 64 / static_cast<int64_t>(sizeof(T))) {
-          __builtin_prefetch(x + jn * E + d);
-          __builtin_prefetch(gx + jn * E + d, 1);
-        }
-      }
-      const int64_t i = kp / 2, j = part[kp];
-      const T* xi = x + i * E;
-      const T* xj = x + j * E;
-      T sq = 0;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t d = 0; d < E; ++d) {
-        diff[d] = xi[d] - xj[d] + eps;
-        sq += diff[d] * diff[d];
-      }
-      T coef;
-      if ((kp & 1) == 0) {  // same label: d^2
-        total += static_cast<double>(w[kp]) * static_cast<double>(sq);
-        coef = 2 * w[kp];
-      } else {  // other label: max(0, margin - d)^2
-        const T dist = std::sqrt(sq), h = std::max(T(0), m - dist);
-        total += static_cast<double>(w[kp]) * static_cast<double>(h * h);
-        coef = (h > 0 && dist > 0) ? -2 * w[kp] * h / dist : T(0);
-      }
-      if (coef == 0) continue;
-      T* gi = gx + i * E;
-      T* gj = gx + j * E;
-      for (int64_t d = 0; d < E; ++d) {
-        const T gd = coef * diff[d];
-        gi[d] += gd;
-        gj[d] -= gd;
+  std::vector<T> diff(E);
+  double total = 0;
+  const T eps = static_cast<T>(pd_eps), m = static_cast<T>(margin);
+  constexpr int64_t kAhead = 8;  // partners are random rows: fetch them ahead of use
+  for (int64_t kp = 0; kp < 2 * P; ++kp) {
+    if (kp + kAhead < 2 * P) {
+      const int64_t jn = part[kp + kAhead];
+      for (int64_t d = 0; d < E; d += 64 / static_cast<int64_t>(sizeof(T))) {
+        __builtin_prefetch(x + jn * E + d);
+        __builtin_prefetch(gx + jn * E + d, 1);
       }
     }
-    return total;
+    const int64_t i = kp / 2, j = part[kp];
+    const T* xi = x + i * E;
+    const T* xj = x + j * E;
+    T sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t d = 0; d < E; ++d) {
+      diff[d] = xi[d] - xj[d] + eps;
+      sq += diff[d] * diff[d];
+    }
+    T coef;
+    if ((kp & 1) == 0) {  // same label: d^2
+      total += static_cast<double>(w[kp]) * static_cast<double>(sq);
+      coef = 2 * w[kp];
+    } else {  // other label: max(0, margin - d)^2
+      const T dist = std::sqrt(sq), h = std::max(T(0), m - dist);
+      total += static_cast<double>(w[kp]) * static_cast<double>(h * h);
+      coef = (h > 0 && dist > 0) ? -2 * w[kp] * h / dist : T(0);
+    }
+    if (coef == 0) continue;
+    T* gi = gx + i * E;
+    T* gj = gx + j * E;
+    for (int64_t d = 0; d < E; ++d) {
+      const T gd = coef * diff[d];
+      gi[d] += gd;
+      gj[d] -= gd;
+    }
+  }
+  return total;
 }
 
 }  // namespace
