@@ -60,7 +60,11 @@ def check_parity(maps: list[np.ndarray], config: SelectionConfig) -> tuple[int, 
             )
             if cand is not None:
                 c = fast.candidates[j]
-                assert c.filtration == cand["filtration"] and c.high == cand["high"] and c.low == cand["low"]
+                # The same structure; its values may differ in the last bit when two level maps hold
+                # it (6/9 from k=10 and 666/999 from k=1000) and tie: the SPEC asks for the label.
+                assert c.filtration == cand["filtration"]
+                assert c.high == pytest.approx(cand["high"], rel=0, abs=1e-12)
+                assert c.low == pytest.approx(cand["low"], rel=0, abs=1e-12)
                 assert c.score == pytest.approx(cand["score"], rel=1e-9, abs=1e-12)
     return near_ties, tie_differs
 
