@@ -13,7 +13,9 @@ are 100x slower); the ratio column is their ms per map over ours on one thread.
 second at batch 1, 16, 256 and 1024 for the two workloads of the selection (sublevel H1 + superlevel
 H0) and all four diagrams (H0 and H1 of both filtrations), against the C++ core on every core and
 GUDHI's fast path (float64 copies, same workloads where it can: it always computes H0 and H1),
-written to ``benchmarks/results/persistence_gpu.json`` with the GPU's name.
+written to ``benchmarks/results/persistence_gpu.json`` with the GPU's name. For the largest batch,
+the same JSON breaks the sublevel H1 + superlevel H0 workload down into the stages of
+``topoot_gpu.persistence_gpu`` (device synchronised after each; median ms over the repeats).
 
     python benchmarks/bench_persistence.py --gpu [--gpu-batches 1 16 256 1024] [--sizes 224 512]
 """
@@ -21,8 +23,11 @@ written to ``benchmarks/results/persistence_gpu.json`` with the GPU's name.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
@@ -79,6 +84,49 @@ WORKLOADS = {
 }
 
 
+def stage_milliseconds(maps, backend: str, passes, repeats: int) -> dict:
+    """Median ms per stage of ``persistence_gpu`` for one run of ``passes`` on ``maps`` (float32 on
+    the device), the device synchronised at every stage's end; ``other`` is the rest of the run
+    (validation-free entry, the essential class, assembling the fields)."""
+    import torch
+
+    from topoot_gpu import persistence_gpu
+
+    kernels = importlib.import_module(f"topoot_gpu.persistence_{backend}")
+
+    def sync():
+        if maps.device.type == "cuda":
+            torch.cuda.synchronize(maps.device)
+
+    def once() -> dict:
+        times = dict.fromkeys((*persistence_gpu.STAGES, "other", "total"), 0.0)
+        last = 0.0
+
+        def on_stage(name):
+            nonlocal last
+            sync()
+            now = time.perf_counter()
+            times[name] += now - last
+            last = now
+
+        for filtration, dims in passes:
+            sync()
+            start = last = time.perf_counter()
+            persistence_gpu.basin_persistence(
+                maps, superlevel=filtration == "superlevel", conn8_h0=True, dim0=0 in dims, dim1=1 in dims,
+                kernels=kernels, on_stage=on_stage,
+            )  # fmt: skip
+            sync()
+            end = time.perf_counter()
+            times["other"] += end - last
+            times["total"] += end - start
+        return times
+
+    once()  # warm-up: compilation, caches
+    runs = [once() for _ in range(repeats)]
+    return {f"{k}_ms": statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
+
+
 def gpu_main(args: argparse.Namespace) -> None:
     import torch
 
@@ -120,12 +168,28 @@ def gpu_main(args: argparse.Namespace) -> None:
                         row[f"{backend}_vs_cpu"] = row[f"{backend}_maps_per_s"] / row["cpu_all_threads_maps_per_s"]
                     rows.append(row)
                 print(f"done {size} {kind} batch {batch}", flush=True)
+    stages = []
+    batch = max(args.gpu_batches)
+    for size in args.sizes:
+        for kind in args.kinds:
+            maps = torch.from_numpy(make_maps(kind, batch, size, args.seed)).float().to(device)
+            for backend in args.gpu_backends:
+                ms = stage_milliseconds(maps, backend, WORKLOADS["subH1+supH0"], args.repeats)
+                stages.append({"size": size, "kind": kind, "batch": batch, "backend": backend, **ms})
     columns = ["size", "kind", "batch", "workload"] + [k for k in rows[0] if k.endswith("_per_s") or k.endswith("_cpu")]
     print("\nmaps per second; *_vs_cpu = GPU backend / C++ core on every core")
     print_table(rows, columns)
+    print(f"\nms per stage, sublevel H1 + superlevel H0, batch {batch} (device synchronised at each stage's end)")
+    print_table(stages, list(stages[0]))
     write_json(
         "persistence_gpu",
-        {"benchmark": "cubical_persistence on the GPU", "environment": environment(), "args": vars(args), "rows": rows},
+        {
+            "benchmark": "cubical_persistence on the GPU",
+            "environment": environment(),
+            "args": vars(args),
+            "rows": rows,
+            "stages_subH1+supH0": stages,
+        },
         args.out,
     )
 

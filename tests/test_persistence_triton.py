@@ -91,6 +91,35 @@ def test_kernels_give_basins_and_crossing_saddles(rng):
     assert dual.cpu().tolist() == [[5, 5, 5, 5, 5, 5]]
 
 
+@pytest.mark.parametrize("conn8", [True, False])
+def test_basin_graph_is_the_lowest_saddle_of_each_basin_pair_in_kruskal_order(rng, conn8):
+    # Against a plain loop over every neighbour pair; tied values so that the index tie-break counts.
+    from topoot_gpu.persistence_gpu import _basin_graph
+
+    B, H, W = 3, int(rng.integers(2, 12)), int(rng.integers(2, 12))
+    maps = torch.from_numpy(tied_maps(rng, B, H, W, levels=int(rng.integers(2, 6)))).to(DEVICE)
+    w = maps.reshape(B, H * W)
+    root = kernels.jump(kernels.descent(w, H, W, conn8, False))
+    got = _basin_graph(w, kernels.boundary(w, root, H, W, conn8), root, W, conn8)
+    got = list(zip(*(t.cpu().tolist() for t in got)))
+    wv, rt = w.cpu().numpy(), root.cpu().numpy()
+    steps = [(0, 1), (1, 0), (1, 1), (1, -1)] if conn8 else [(0, 1), (1, 0)]
+    lowest = {}
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                for di, dj in steps:
+                    if 0 <= i + di < H and 0 <= j + dj < W:
+                        p, q = i * W + j, (i + di) * W + j + dj
+                        if rt[b, p] != rt[b, q]:
+                            s = max((wv[b, p], p), (wv[b, q], q))
+                            pair = (b, min(rt[b, p], rt[b, q]), max(rt[b, p], rt[b, q]))
+                            lowest[pair] = min(lowest.get(pair, s), s)
+    assert sorted(got) == sorted((b, int(lowest[b, lo, hi][1]), int(lo), int(hi)) for b, lo, hi in lowest)
+    # Kruskal's order: by image, then saddle (value, index).
+    assert [(b, wv[b, s], s) for b, s, _, _ in got] == sorted((b, wv[b, s], s) for b, s, _, _ in got)
+
+
 def test_triton_backend_errors():
     with pytest.raises(ValueError, match="maps: contains NaN"):
         cubical_persistence(torch.tensor([[0.0, float("nan")]], device=DEVICE), backend="triton")
@@ -116,3 +145,9 @@ def test_gpu_benchmark_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["workload"] for r in rows} == {"subH1+supH0", "four diagrams"}
     assert all(r["triton_maps_per_s"] > 0 and r["cpu_all_threads_maps_per_s"] > 0 for r in rows)
+    (stages,) = json.loads(out.read_text())["stages_subH1+supH0"]
+    assert stages["backend"] == "triton" and stages["batch"] == 2
+    from topoot_gpu.persistence_gpu import STAGES
+
+    parts = [stages[f"{name}_ms"] for name in (*STAGES, "other")]
+    assert all(t >= 0 for t in parts) and stages["total_ms"] == pytest.approx(sum(parts))

@@ -5,6 +5,10 @@ tensors are handed to the kernels without a copy (``__cuda_array_interface__``),
 goes to torch's current stream. CuPy checks each launch's return code; a fault inside a kernel
 surfaces at the next synchronisation, at the latest when the edges are copied to the host.
 Same functions and results as :mod:`topoot_gpu.persistence_triton`.
+
+Every launch goes through :func:`_launch`, the one place that needs CuPy: the tests replace it with
+the same source compiled for the host (``tests/cuda_host_emulation.cpp``), so the kernels' logic
+and these wrappers are tested without a GPU.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:
-    import cupy
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("backend='cuda' needs CuPy for CUDA 13: pip install cupy-cuda13x") from e
-
 BLOCK = 256
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("backend='cuda' needs CuPy for CUDA 13: pip install cupy-cuda13x") from e
+    return cupy
 
 
 def _source() -> str:
@@ -33,20 +40,21 @@ def _source() -> str:
 
 
 @cache
-def _module(device: int) -> cupy.RawModule:
+def _module(device: int):
+    cupy = _cupy()
     with cupy.cuda.Device(device):
         return cupy.RawModule(code=_source(), options=("-std=c++17",))
 
 
 def _launch(name: str, n: int, device: torch.device, *args) -> None:
+    """Kernel ``name`` on ``n`` threads (blocks of ``BLOCK``) on torch's current stream; tensor
+    arguments are passed zero-copy (``__cuda_array_interface__``), numpy scalars by value."""
+    cupy = _cupy()
     kernel = _module(device.index).get_function(name)
+    args = tuple(cupy.asarray(a) if isinstance(a, torch.Tensor) else a for a in args)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index)
     with cupy.cuda.Device(device.index), stream:
         kernel(((n + BLOCK - 1) // BLOCK,), (BLOCK,), args)
-
-
-def _cupy(t: torch.Tensor) -> cupy.ndarray:
-    return cupy.asarray(t)  # zero-copy view through __cuda_array_interface__
 
 
 def _suffix(w: torch.Tensor) -> str:
@@ -62,7 +70,7 @@ def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torc
     parent[:, P] = P
     _launch(
         f"descent_{_suffix(w)}", B * P, w.device,
-        _cupy(w), _cupy(parent), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8), np.int32(outside),
+        w, parent, np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8), np.int32(outside),
     )  # fmt: skip
     return parent
 
@@ -74,7 +82,7 @@ def jump(parent: torch.Tensor) -> torch.Tensor:
         changed.zero_()
         _launch(
             "jump", parent.numel(), parent.device,
-            _cupy(parent), np.int64(parent.shape[1]), np.int64(parent.numel()), _cupy(changed),
+            parent, np.int64(parent.shape[1]), np.int64(parent.numel()), changed,
         )  # fmt: skip
     return parent
 
@@ -86,6 +94,6 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
     _launch(
         f"boundary_{_suffix(w)}", B * P, w.device,
-        _cupy(w), _cupy(root), _cupy(saddle), np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),
+        w, root, saddle, np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),
     )  # fmt: skip
     return saddle

@@ -9,20 +9,26 @@ Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence`) of a batch 
    steepest-descent path reaches);
 3. ``boundary``: every neighbour pair that crosses two basins gives an edge whose saddle is the
    later of its two pixels;
-4. the elder rule (Kruskal) on those edges in saddle order, in C++ on the host
-   (``csrc/cpu/basin_merge_cpu.cpp``): only the edges travel, not the maps.
+4. the basin graph (torch ops on the device, :func:`_basin_graph`): the lowest saddle of each pair
+   of adjacent basins (a segmented minimum), sorted in saddle order;
+5. the elder rule (Kruskal's union-find) along those edges, in C++ on the host
+   (``csrc/cpu/basin_merge_cpu.cpp``): only the basin graph travels, not the maps. Measured edge
+   counts per 224x224 map (8-connected H0): smooth maps (sigma 4) 158 minima, 15,922 crossing
+   pairs, 430 basin-graph edges; raw noise 5,621 minima, 90,506 pairs, 17,428 edges.
 
 Exact: the component of a pixel in the sublevel set of any level is a union of basins (a pixel's
 descent path stays below it), and two basins are joined at the lowest saddle of a chain of
 crossing pairs, so the pairs, and their birth and death pixels, are those of the union-find over
 all pixels in the same order, which is what the CPU core computes (ties included: the order is
 strict). Why this design: steps 1-3 are one independent computation per pixel, the shape GPUs
-are good at, and they shrink the problem to the basin graph, which is small on anomaly maps
-(hundreds of minima) and at worst a fraction of the pixels on raw noise.
+are good at, and steps 3-4 shrink the problem to the basin graph, which is small on anomaly maps
+(hundreds of minima) and at worst a fraction of the pixels on raw noise; the union-find left on
+the host is then linear in that graph (the sort is done on the device).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -32,11 +38,19 @@ from ._validation import check_threads
 
 
 def basin_persistence(
-    maps: torch.Tensor, *, superlevel: bool, conn8_h0: bool, dim0: bool, dim1: bool, kernels: ModuleType
+    maps: torch.Tensor,
+    *,
+    superlevel: bool,
+    conn8_h0: bool,
+    dim0: bool,
+    dim1: bool,
+    kernels: ModuleType,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """The fields of :class:`~topoot_gpu.Diagrams` (image, dim, birth, death, birth_pixel,
     death_pixel) of ``maps [B, H, W]`` (float32/float64 on the kernels' device). ``conn8_h0``: H0
-    is 8-connected (construction T; the dual pass is then 4-connected)."""
+    is 8-connected (construction T; the dual pass is then 4-connected). ``on_stage(name)``, if
+    given, is called at the end of every stage of every pass (``STAGES``), for profiling."""
     B, H, W = maps.shape
     P = H * W
     v = maps.reshape(B, P).contiguous()
@@ -44,7 +58,7 @@ def basin_persistence(
     if dim0:
         sign = -1.0 if superlevel else 1.0
         w = -v if superlevel else v
-        parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels))
+        parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels, on_stage))
         # The essential class: the first pixel of the order.
         index = torch.arange(P, device=w.device).expand(B, P)
         first = torch.where(w == w.min(dim=1, keepdim=True).values, index, P).min(dim=1).values
@@ -63,39 +77,84 @@ def basin_persistence(
         # Dual pass: the other order and connectivity, with the outside node first.
         sign = 1.0 if superlevel else -1.0
         w = v if superlevel else -v
-        parts.append(_pass(w, H, W, not conn8_h0, True, 1, sign, kernels))
+        parts.append(_pass(w, H, W, not conn8_h0, True, 1, sign, kernels, on_stage))
     fields = [np.concatenate([p[k] for p in parts]) for k in range(6)]
     order = np.argsort(fields[0], kind="stable")  # per image: H0 pairs, essential, H1 pairs
     return tuple(f[order] for f in fields)
 
 
-def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels):
+# The stages of a pass, in order, as named to ``on_stage``.
+STAGES = ("descent", "jump", "boundary", "basin_graph", "to_host", "merge")
+
+
+def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels, on_stage):
     from . import _C
 
+    stage = on_stage or (lambda name: None)
     B, P = w.shape
     parent = kernels.descent(w, H, W, conn8, outside)
     if bool((parent < 0).any()):
         raise RuntimeError("descent left entries unwritten")
+    stage("descent")
     root = kernels.jump(parent)
+    stage("jump")
     saddle = kernels.boundary(w, root, H, W, conn8)
     if bool((saddle < -1).any()):
         raise RuntimeError("boundary left entries unwritten")
+    stage("boundary")
+    image, s, lo, hi = _basin_graph(w, saddle, root, W, conn8)
+    edges = (s, lo, hi, _w_at(w, image, s), _w_at(w, image, lo), _w_at(w, image, hi))
+    offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device))
+    stage("basin_graph")
+    offsets, *host = (t.cpu().numpy() for t in (offsets, *edges))
+    stage("to_host")
+    pairs = _C.basin_merge(offsets, *host, P, outside, dim, sign, check_threads(None))
+    stage("merge")
+    return pairs
+
+
+def _w_at(w: torch.Tensor, image: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+    """Float64 pass-order values of nodes; the outside node ``P`` comes before every pixel."""
+    P = w.shape[1]
+    return torch.where(node == P, float("-inf"), w[image, node.clamp(max=P - 1)].double())
+
+
+def _basin_graph(w: torch.Tensor, saddle: torch.Tensor, root: torch.Tensor, W: int, conn8: bool):
+    """The basin graph's edges, on the device, in Kruskal's order: ``(image, s, lo, hi)``, with
+    ``lo < hi`` two adjacent basins (their roots; ``P`` is the outside node) and ``s`` the lowest
+    saddle between them, sorted by image, then by ``s`` in the pass order ``(w, index)``.
+
+    Only the lowest crossing pair between two basins can merge them (when a later one comes, the
+    two basins are one component already), so this segmented minimum loses nothing and leaves the
+    host a graph the size of the basins' adjacency, not of their boundaries, already sorted.
+    """
+    B, P = w.shape
+    n_nodes = P + 1
     nd = 4 if conn8 else 2
+    if B * n_nodes * n_nodes >= 2**62:  # the pair key below; far beyond any batch that fits in memory
+        raise ValueError(f"maps: a batch of {B} maps of {P} pixels is too large for one call")
     k = torch.nonzero(saddle >= 0).flatten()
+    s = saddle[k]
     pixel = k // nd
     image = pixel // P
     p = pixel % P
     d = k % nd
-    di = torch.tensor([0, 1, 1, 1], device=w.device)[d]
-    dj = torch.tensor([1, 0, 1, -1], device=w.device)[d]
-    q = p + di * W + dj
-    s = saddle[k]
+    q = p + torch.tensor([0, 1, 1, 1], device=k.device)[d] * W + torch.tensor([1, 0, 1, -1], device=k.device)[d]
     ra = root[image, p]
     rb = root[image, q]
-    offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device)).cpu().numpy()
-
-    def w_at(node):  # the outside node P comes before every pixel
-        return torch.where(node == P, float("-inf"), w[image, node.clamp(max=P - 1)].double())
-
-    host = [t.cpu().numpy() for t in (s, ra, rb, w_at(s), w_at(ra), w_at(rb))]
-    return _C.basin_merge(offsets, *host, P, outside, dim, sign, check_threads(None))
+    key = (image * n_nodes + torch.minimum(ra, rb)) * n_nodes + torch.maximum(ra, rb)
+    keys, group = torch.unique(key, return_inverse=True)
+    # Segmented minimum in the order (w, index): the least w of each group, then the least index
+    # among the edges at that w (exact: two integer-valued or equal-float reductions).
+    ws = w[image, s]
+    group_w = torch.full(keys.shape, float("inf"), dtype=w.dtype, device=w.device)
+    group_w = group_w.scatter_reduce(0, group, ws, "amin")
+    at_min = torch.where(ws == group_w[group], s, P)
+    group_s = torch.full(keys.shape, P, dtype=torch.int64, device=w.device).scatter_reduce(0, group, at_min, "amin")
+    image, rest = keys // (n_nodes * n_nodes), keys % (n_nodes * n_nodes)
+    lo, hi = rest // n_nodes, rest % n_nodes
+    # Kruskal's order by three stable sorts (least significant key first): s, w(s), image.
+    order = torch.argsort(group_s, stable=True)
+    order = order[torch.argsort(group_w[order], stable=True)]
+    order = order[torch.argsort(image[order], stable=True)]
+    return image[order], group_s[order], lo[order], hi[order]

@@ -1,7 +1,6 @@
 #include "basin_merge_cpu.h"
 
-#include <algorithm>
-#include <numeric>
+#include <utility>
 
 #include "parallel.h"
 
@@ -14,7 +13,6 @@ struct MergeState {
   std::vector<int64_t> parent;
   std::vector<double> w;
   std::vector<int64_t> touched;
-  std::vector<int64_t> order;
 };
 
 }  // namespace
@@ -28,14 +26,6 @@ void basin_merge(const BasinEdges& edges, int64_t B, int64_t P, bool outside, in
       st.w.assign(P + 1, 0.0);
     }
     const int64_t lo = edges.offsets[b], hi = edges.offsets[b + 1];
-    st.order.resize(hi - lo);
-    std::iota(st.order.begin(), st.order.end(), lo);
-    // Saddles in the pass order: (w, index); edges sharing a saddle in any order (all but the
-    // oldest component die there whatever the order).
-    std::sort(st.order.begin(), st.order.end(), [&](int64_t x, int64_t y) {
-      const double wx = edges.w_saddle[x], wy = edges.w_saddle[y];
-      return wx < wy || (wx == wy && edges.saddle[x] < edges.saddle[y]);
-    });
     auto touch = [&](int64_t node, double w) {
       if (st.parent[node] < 0) {
         st.parent[node] = node;
@@ -55,7 +45,7 @@ void basin_merge(const BasinEdges& edges, int64_t B, int64_t P, bool outside, in
       return st.w[x] < st.w[y] || (st.w[x] == st.w[y] && x < y);
     };
     ImagePairs& res = out[b];
-    for (const int64_t e : st.order) {
+    for (int64_t e = lo; e < hi; ++e) {
       touch(edges.root_a[e], edges.w_a[e]);
       touch(edges.root_b[e], edges.w_b[e]);
       int64_t ra = find(edges.root_a[e]), rb = find(edges.root_b[e]);

@@ -112,6 +112,11 @@ py::tuple basin_merge(const Array<int64_t>& offsets, const Array<int64_t>& saddl
   for (int64_t b = 0; b < B; ++b) {
     if (offsets.data()[b] > offsets.data()[b + 1] || offsets.data()[b] < 0)
       throw std::invalid_argument("offsets: expected nondecreasing offsets from 0");
+    for (int64_t e = offsets.data()[b] + 1; e < offsets.data()[b + 1]; ++e) {
+      const double w0 = w_saddle.data()[e - 1], w1 = w_saddle.data()[e];
+      if (w1 < w0 || (w1 == w0 && saddle.data()[e] < saddle.data()[e - 1]))
+        throw std::invalid_argument("edges: expected each image's edges sorted by (w_saddle, saddle)");
+    }
   }
   for (const auto* a : {&saddle, &root_a, &root_b}) {
     const int64_t* x = a->data();

@@ -1,0 +1,128 @@
+"""The CUDA kernels' source (as shipped in the package) compiled for the host and run through the
+CUDA backend's own wrappers (``persistence_cuda``, with only its launch replaced), against the CPU
+union-find core: identical pairs and pixels on every kind of input, whatever order the threads run
+in. No GPU needed, so CI tests the kernels' logic on every stop; ``test_persistence_cuda.py``
+runs them on a GPU (concurrency included)."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_persistence_triton import batches
+
+from topoot_gpu import cubical_persistence, persistence_cuda
+from topoot_gpu.persistence_gpu import basin_persistence
+
+CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory) -> ctypes.CDLL:
+    """``tests/cuda_host_emulation.cpp`` around the packaged ``persistence_cuda.cu``, built here."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:  # CI builds the package's C++ with one, so this skip never happens there
+        pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
+    d = tmp_path_factory.mktemp("cuda_host")
+    (d / "persistence_cuda.cu").write_text(persistence_cuda._source())
+    src = Path(__file__).with_name("cuda_host_emulation.cpp")
+    lib = d / "cuda_host.so"
+    cmd = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{d}", str(src), "-o", str(lib)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture
+def on_host(host_kernels, monkeypatch):
+    """Replace ``persistence_cuda._launch``: same grid and block, threads in a seeded shuffled order."""
+    seeds = iter(range(1, 1 << 30))
+    launched = []
+
+    def launch(name, n, device, *args):
+        assert device.type == "cpu"
+        block = persistence_cuda.BLOCK
+        grid = (n + block - 1) // block
+        c_args = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                assert a.is_contiguous()
+                c_args.append(ctypes.c_void_p(a.data_ptr()))
+            elif isinstance(a, np.int32):
+                c_args.append(ctypes.c_int32(int(a)))
+            elif isinstance(a, np.int64):
+                c_args.append(ctypes.c_int64(int(a)))
+            else:
+                raise TypeError(f"{name}: argument of type {type(a)} would not reach the kernel as declared")
+        getattr(host_kernels, f"run_{name}")(
+            ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds)), *c_args
+        )
+        launched.append(name)
+
+    monkeypatch.setattr(persistence_cuda, "_launch", launch)
+    return launched
+
+
+def rows(fields) -> list[tuple]:
+    return sorted(zip(*(f.tolist() for f in fields)))
+
+
+def cuda_source_rows(t: torch.Tensor, construction: str, filtration: str, dims=(0, 1)) -> list[tuple]:
+    return rows(
+        basin_persistence(
+            t, superlevel=filtration == "superlevel", conn8_h0=construction == "T", dim0=0 in dims, dim1=1 in dims,
+            kernels=persistence_cuda,
+        )
+    )  # fmt: skip
+
+
+def cpu_rows(t: torch.Tensor, construction: str, filtration: str, dims=(0, 1)) -> list[tuple]:
+    d = cubical_persistence(t, construction=construction, filtration=filtration, dims=dims, backend="cpu")
+    return rows((d.image, d.dim, d.birth, d.death, d.birth_pixel, d.death_pixel))
+
+
+@pytest.mark.parametrize("construction,filtration", CASES)
+def test_cuda_source_pairs_and_pixels_equal_the_cpu_core(rng, on_host, construction, filtration):
+    for maps in batches(rng):
+        for dtype in (torch.float64, torch.float32):
+            t = torch.from_numpy(maps).to(dtype)
+            assert cuda_source_rows(t, construction, filtration) == cpu_rows(t, construction, filtration), (
+                f"shape {maps.shape} {dtype}"
+            )
+    assert {"descent_f32", "descent_f64", "jump", "boundary_f32", "boundary_f64"} <= set(on_host)
+
+
+def test_cuda_source_dims_subsets_and_thread_orders(rng, on_host):
+    t = torch.from_numpy(rng.random((2, 17, 23)))
+    for dims in ((0,), (1,), (0, 1)):
+        expected = cpu_rows(t, "T", "sublevel", dims)
+        # Each call launches with fresh seeds, so each runs the threads in other orders.
+        for _ in range(3):
+            assert cuda_source_rows(t, "T", "sublevel", dims) == expected
+
+
+@pytest.mark.parametrize("size,filtrations", [(224, ("sublevel", "superlevel")), (2048, ("sublevel",))])
+def test_cuda_source_large_noise_maps(rng, on_host, size, filtrations):
+    # Raw noise: hundreds of thousands of minima at 2048 x 2048, the largest supported map.
+    t = torch.from_numpy(rng.random((1, size, size))).float()
+    for filtration in filtrations:
+        assert cuda_source_rows(t, "T", filtration) == cpu_rows(t, "T", filtration)
+
+
+@pytest.mark.parametrize("kernel", ["descent_f32", "boundary_f32"])
+def test_unwritten_outputs_are_caught(rng, on_host, monkeypatch, kernel):
+    # The wrappers poison their outputs: a launch that writes nothing must not pass silently.
+    emulated = persistence_cuda._launch
+
+    def skip_one(name, *args):
+        if name != kernel:
+            emulated(name, *args)
+
+    monkeypatch.setattr(persistence_cuda, "_launch", skip_one)
+    t = torch.from_numpy(rng.random((2, 9, 11))).float()
+    with pytest.raises(RuntimeError, match="unwritten"):
+        cuda_source_rows(t, "T", "sublevel")
