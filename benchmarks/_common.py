@@ -46,7 +46,8 @@ def environment() -> dict:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        # A copied tree without .git (the lent GPU machine): scripts/gpu_session.sh passes it on.
+        commit = os.environ.get("TOPOOT_COMMIT", "unknown")
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,

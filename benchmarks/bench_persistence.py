@@ -12,7 +12,8 @@ are 100x slower); the ratio column is their ms per map over ours on one thread.
 ``--gpu``: the GPU backends instead (``cuda`` and ``triton``, float32 maps on the device): maps per
 second at batch 1, 16, 256 and 1024 for the two workloads of the selection (sublevel H1 + superlevel
 H0) and all four diagrams (H0 and H1 of both filtrations), against the C++ core on every core and
-GUDHI's fast path (float64 copies, same workloads where it can: it always computes H0 and H1),
+GUDHI's fast path (both timed on the first ``--ref-maps`` maps, float32 for the core; GUDHI
+always computes H0 and H1 of a filtration, so it has one figure for both workloads),
 written to ``benchmarks/results/persistence_gpu.json`` with the GPU's name. For the largest batch,
 the same JSON breaks the sublevel H1 + superlevel H0 workload down into the stages of
 ``topoot_gpu.persistence_gpu`` (device synchronised after each; median ms over the repeats).
@@ -131,39 +132,44 @@ def gpu_main(args: argparse.Namespace) -> None:
     import torch
 
     device = torch.device(args.device)
+
+    def run(backend, m, passes):
+        for filtration, dims in passes:
+            cubical_persistence(m, filtration=filtration, dims=dims, backend=backend)
+        if m.device.type == "cuda":
+            torch.cuda.synchronize(m.device)
+
     rows = []
     for size in args.sizes:
         for kind in args.kinds:
+            # The CPU references: maps per second on the first --ref-maps maps, once per workload
+            # (their throughput does not depend on the GPU's batch size).
+            host = make_maps(kind, args.ref_maps, size, args.seed)
+            cpu_maps = torch.from_numpy(host).float()
+            reference = {}
+            for workload, passes in WORKLOADS.items():
+                seconds = median_seconds(lambda m=cpu_maps, p=passes: run("cpu", m, p), repeats=args.repeats)
+                reference[workload] = {"cpu_all_threads_maps_per_s": len(host) / seconds}
+            try:
+                from gudhi.sklearn.cubical_persistence import CubicalPersistence
+
+                # It always computes H0 and H1: one call per filtration, for both workloads.
+                fast = CubicalPersistence(homology_dimensions=[0, 1], n_jobs=1)
+                seconds = median_seconds(
+                    lambda f=fast, a=list(host), n=list(-host): (f.fit_transform(a), f.fit_transform(n)), repeats=1
+                )
+                for workload in WORKLOADS:
+                    reference[workload]["gudhi_fast_path_maps_per_s"] = len(host) / seconds
+            except ImportError:
+                pass
             for batch in args.gpu_batches:
-                host = make_maps(kind, batch, size, args.seed)
-                maps = torch.from_numpy(host).float().to(device)
+                maps = torch.from_numpy(make_maps(kind, batch, size, args.seed)).float().to(device)
                 for workload, passes in WORKLOADS.items():
                     row = {"size": size, "kind": kind, "batch": batch, "workload": workload}
-
-                    def run(backend, m, passes=passes):
-                        for filtration, dims in passes:
-                            cubical_persistence(m, filtration=filtration, dims=dims, backend=backend)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-
                     for backend in args.gpu_backends:
-                        seconds = median_seconds(lambda b=backend, m=maps: run(b, m), repeats=args.repeats)
+                        seconds = median_seconds(lambda b=backend, m=maps, p=passes: run(b, m, p), repeats=args.repeats)
                         row[f"{backend}_maps_per_s"] = batch / seconds
-                    cpu_maps = maps.cpu()
-                    seconds = median_seconds(lambda m=cpu_maps: run("cpu", m), repeats=args.repeats)
-                    row["cpu_all_threads_maps_per_s"] = batch / seconds
-                    try:
-                        from gudhi.sklearn.cubical_persistence import CubicalPersistence
-
-                        fast = CubicalPersistence(homology_dimensions=[0, 1], n_jobs=1)
-                        as_list = list(host)
-                        neg = list(-host)
-                        seconds = median_seconds(
-                            lambda f=fast, a=as_list, n=neg: (f.fit_transform(a), f.fit_transform(n)), repeats=1
-                        )
-                        row["gudhi_fast_path_maps_per_s"] = batch / seconds
-                    except ImportError:
-                        pass
+                    row |= reference[workload]
                     for backend in args.gpu_backends:
                         row[f"{backend}_vs_cpu"] = row[f"{backend}_maps_per_s"] / row["cpu_all_threads_maps_per_s"]
                     rows.append(row)
@@ -207,6 +213,7 @@ def main() -> None:
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[1, 16, 256, 1024])
     ap.add_argument("--gpu-backends", nargs="+", default=["cuda", "triton"], choices=["cuda", "triton"])
     ap.add_argument("--device", default="cuda", help="with --gpu: the torch device (cpu only under TRITON_INTERPRET=1)")
+    ap.add_argument("--ref-maps", type=int, default=64, help="with --gpu: maps the CPU references are timed on")
     args = ap.parse_args()
     if args.gpu:
         gpu_main(args)

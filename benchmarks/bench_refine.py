@@ -10,8 +10,10 @@ constant label is returned untrained by both, which would flatter neither); back
 ratio reference / refine in the same run, pixel agreement of the masks, and the head's achieved
 FLOP/s (matrix-product FLOPs of training and inference, divided by the head's wall time).
 torch uses every core for both. Median of repeats after a warm-up (the reference: one run).
+``--device cuda``: ``refine`` gets CUDA tensors (selection on the host, the head on the GPU); the
+reference stays on the CPU, as released; JSON ``refine_<device type>.json``.
 
-    python benchmarks/bench_refine.py [--channels 64 256] [--batch 8] [--ref-images 2] [--repeats 3]
+    python benchmarks/bench_refine.py [--channels 64 256] [--batch 8] [--ref-images 2] [--repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ def main() -> None:
     ap.add_argument("--ref-images", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/refine_cpu.json)")
+    ap.add_argument("--device", default="cpu", help="the torch device refine runs on (cpu, cuda)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/refine_<device>.json)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device(args.device)
 
     rng = np.random.default_rng(args.seed)
     maps = anomaly_maps(rng, args.batch, args.size)
@@ -75,16 +79,19 @@ def main() -> None:
         features = rng.standard_normal((args.batch, C, args.low, args.low)).astype(np.float32)
         runs: list = []
 
-        def run_fast(features=features, runs=runs):
-            runs.append(refine(maps, features, seed=args.seed))
+        maps_on, features_on = torch.from_numpy(maps).to(device), torch.from_numpy(features).to(device)
+
+        def run_fast(maps_on=maps_on, features_on=features_on, runs=runs):
+            runs.append(refine(maps_on, features_on, seed=args.seed))  # synchronises before returning
 
         fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch
         fast = runs[-1]
+        fast_mask, fast_label = fast.mask.cpu().numpy(), fast.pseudo_label.cpu().numpy()
         head_s = statistics.median(r.seconds["head"] for r in runs[1:]) / args.batch  # warm-up excluded
         n_ref = min(args.ref_images, args.batch)
         ref = refine(maps[:n_ref], features[:n_ref], seed=args.seed, backend="reference")
         ref_s = sum(ref.seconds.values()) / n_ref
-        agreement = float((ref.mask == fast.mask[:n_ref]).mean())
+        agreement = float((ref.mask == fast_mask[:n_ref]).mean())
         flops = head_flops(HeadConfig(), C, args.low, args.size)
         rows.append(
             {
@@ -101,13 +108,14 @@ def main() -> None:
                 "refine_images_per_s": 1.0 / fast_s,
                 "ratio": ref_s / fast_s,
                 "mask_agreement": agreement,
-                "labels_identical": bool(np.array_equal(ref.pseudo_label, fast.pseudo_label[:n_ref])),
+                "labels_identical": bool(np.array_equal(ref.pseudo_label, fast_label[:n_ref])),
                 "head_gflop_per_image": flops / 1e9,
                 "head_gflop_per_s": flops / head_s / 1e9,
             }
         )
         print(f"C={C}: done", flush=True)
-    print(f"\nrefine vs reference pipeline, {args.size}x{args.size} maps, features [C, {args.low}, {args.low}]")
+    grid = f"{args.size}x{args.size} maps, features [C, {args.low}, {args.low}]"
+    print(f"\nrefine ({device}) vs reference pipeline (cpu), {grid}")
     print_table(
         rows,
         [
@@ -126,7 +134,7 @@ def main() -> None:
         "args": vars(args),
         "rows": rows,
     }
-    write_json("refine_cpu", payload, args.out)
+    write_json(f"refine_{device.type}", payload, args.out)
 
 
 if __name__ == "__main__":

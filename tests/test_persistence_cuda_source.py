@@ -18,6 +18,7 @@ from test_persistence_triton import batches
 
 from topoot_gpu import cubical_persistence, persistence_cuda
 from topoot_gpu.persistence_gpu import basin_persistence
+from topoot_gpu.testing import tied_maps
 
 CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
 
@@ -126,3 +127,14 @@ def test_unwritten_outputs_are_caught(rng, on_host, monkeypatch, kernel):
     t = torch.from_numpy(rng.random((2, 9, 11))).float()
     with pytest.raises(RuntimeError, match="unwritten"):
         cuda_source_rows(t, "T", "sublevel")
+
+
+def test_batches_larger_than_a_chunk_run_in_chunks(rng, on_host, monkeypatch):
+    # Chunks of 2 maps (then 1): the image indices must continue across chunks.
+    from topoot_gpu import persistence_gpu
+
+    t = torch.from_numpy(np.concatenate([rng.random((3, 13, 9)), tied_maps(rng, 2, 13, 9, levels=3)]))
+    monkeypatch.setattr(persistence_gpu, "CHUNK_PIXELS", 2 * 13 * 9 + 5)
+    for construction, filtration in CASES:
+        assert cuda_source_rows(t, construction, filtration) == cpu_rows(t, construction, filtration)
+    assert on_host.count("descent_f64") == 3 * 2 * len(CASES)  # 3 chunks, 2 passes

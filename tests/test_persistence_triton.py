@@ -139,7 +139,7 @@ def test_gpu_benchmark_runs(tmp_path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_persistence.py"
     out = tmp_path / "gpu.json"
     args = ["--gpu", "--device", DEVICE, "--gpu-backends", "triton", "--sizes", "12", "--kinds", "noise"]
-    args += ["--gpu-batches", "2", "--repeats", "1", "--out", str(out)]
+    args += ["--gpu-batches", "2", "--ref-maps", "2", "--repeats", "1", "--out", str(out)]
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())["rows"]
