@@ -68,8 +68,8 @@ def test_triton_pairs_and_pixels_equal_the_cpu_core(rng, construction, filtratio
 
 def test_dims_subsets_and_single_map(rng):
     m = torch.from_numpy(tied_maps(rng, 1, 11, 13, levels=3)[0])
-    for dims in ((0,), (1,), (0, 1)):
-        gpu = cubical_persistence(m.to(DEVICE), backend="triton", dims=dims)
+    for dims, threads in (((0,), 1), ((1,), 2), ((0, 1), None)):
+        gpu = cubical_persistence(m.to(DEVICE), backend="triton", dims=dims, num_threads=threads)
         cpu = cubical_persistence(m, backend="cpu", dims=dims)
         assert rows(gpu) == rows(cpu)
         assert set(gpu.dim.tolist()) <= set(dims)
@@ -121,6 +121,8 @@ def test_basin_graph_is_the_lowest_saddle_of_each_basin_pair_in_kruskal_order(rn
 
 
 def test_triton_backend_errors():
+    with pytest.raises(ValueError, match="num_threads"):
+        cubical_persistence(torch.zeros(3, 3, device=DEVICE), backend="triton", num_threads=0)
     with pytest.raises(ValueError, match="maps: contains NaN"):
         cubical_persistence(torch.tensor([[0.0, float("nan")]], device=DEVICE), backend="triton")
     with pytest.raises(ValueError, match="maps: expected shape"):

@@ -149,7 +149,8 @@ def cubical_persistence(
             ``"triton"`` (the same passes in Triton; CUDA tensors, or CPU tensors under
             ``TRITON_INTERPRET=1``), ``"reference"`` (GUDHI ``CubicalComplex``; needs the ``test``
             extra).
-        num_threads: worker threads over the batch for the ``"cpu"`` backend (default: all cores).
+        num_threads: worker threads over the batch for the ``"cpu"`` backend and for the host-side
+            merge of the ``"cuda"`` and ``"triton"`` backends (default: all cores).
 
     Returns:
         A :class:`Diagrams` with every pair of every image. Values are the input's values widened
@@ -161,7 +162,7 @@ def cubical_persistence(
     dim0, dim1 = _check_dims(dims)
     threads = check_threads(num_threads)
     if backend in ("cuda", "triton"):
-        return _gpu_persistence(maps, filtration, construction, dim0, dim1, backend)
+        return _gpu_persistence(maps, filtration, construction, dim0, dim1, backend, threads)
     batch = as_map_batch(maps, check_finite=backend == "reference")
     arr = batch.array
     if backend == "reference":
@@ -182,7 +183,9 @@ def cubical_persistence(
     )
 
 
-def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, dim1: bool, backend: str) -> Diagrams:
+def _gpu_persistence(
+    maps: Any, filtration: str, construction: str, dim0: bool, dim1: bool, backend: str, threads: int
+) -> Diagrams:
     """The CUDA and Triton backends: the same checks, and the map stays on its device."""
     t = map_tensor(maps)
     interpret = backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
@@ -197,7 +200,7 @@ def _gpu_persistence(maps: Any, filtration: str, construction: str, dim0: bool, 
 
     fields = basin_persistence(
         t, superlevel=filtration == "superlevel", conn8_h0=construction == "T", dim0=dim0, dim1=dim1,
-        kernels=kernels,
+        kernels=kernels, num_threads=threads,
     )  # fmt: skip
     return Diagrams(
         *fields,

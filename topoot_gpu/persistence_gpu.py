@@ -34,8 +34,6 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ._validation import check_threads
-
 # Pixels per chunk of the batch: a pass peaks at about 250 bytes per pixel on raw noise (parents,
 # four saddle slots, the crossing pairs and their sort; measured with CPU tensors, 8-connected H0
 # pass on 512x512 noise), so a chunk stays near 8 GB while still filling the GPU (2**25 pixels:
@@ -51,11 +49,13 @@ def basin_persistence(
     dim0: bool,
     dim1: bool,
     kernels: ModuleType,
+    num_threads: int = 0,
     on_stage: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """The fields of :class:`~topoot_gpu.Diagrams` (image, dim, birth, death, birth_pixel,
     death_pixel) of ``maps [B, H, W]`` (float32/float64 on the kernels' device). ``conn8_h0``: H0
-    is 8-connected (construction T; the dual pass is then 4-connected). ``on_stage(name)``, if
+    is 8-connected (construction T; the dual pass is then 4-connected). ``num_threads``: of the
+    host-side merge (0: all cores). ``on_stage(name)``, if
     given, is called at the end of every stage of every pass (``STAGES``), for profiling. Batches
     of more than ``CHUNK_PIXELS`` pixels run in chunks of whole maps, to bound device memory."""
     B, H, W = maps.shape
@@ -63,7 +63,7 @@ def basin_persistence(
     chunks = []
     for start in range(0, B, per_chunk):
         image, *rest = _chunk_persistence(
-            maps[start : start + per_chunk], superlevel, conn8_h0, dim0, dim1, kernels, on_stage
+            maps[start : start + per_chunk], superlevel, conn8_h0, dim0, dim1, kernels, num_threads, on_stage
         )
         chunks.append((image + start, *rest))
     if len(chunks) == 1:
@@ -71,7 +71,9 @@ def basin_persistence(
     return tuple(np.concatenate([c[k] for c in chunks]) for k in range(6))
 
 
-def _chunk_persistence(maps, superlevel, conn8_h0, dim0, dim1, kernels, on_stage) -> tuple[np.ndarray, ...]:
+def _chunk_persistence(
+    maps, superlevel, conn8_h0, dim0, dim1, kernels, num_threads, on_stage
+) -> tuple[np.ndarray, ...]:
     B, H, W = maps.shape
     P = H * W
     v = maps.reshape(B, P).contiguous()
@@ -79,7 +81,7 @@ def _chunk_persistence(maps, superlevel, conn8_h0, dim0, dim1, kernels, on_stage
     if dim0:
         sign = -1.0 if superlevel else 1.0
         w = -v if superlevel else v
-        parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels, on_stage))
+        parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels, num_threads, on_stage))
         # The essential class: the first pixel of the order.
         index = torch.arange(P, device=w.device).expand(B, P)
         first = torch.where(w == w.min(dim=1, keepdim=True).values, index, P).min(dim=1).values
@@ -98,7 +100,7 @@ def _chunk_persistence(maps, superlevel, conn8_h0, dim0, dim1, kernels, on_stage
         # Dual pass: the other order and connectivity, with the outside node first.
         sign = 1.0 if superlevel else -1.0
         w = v if superlevel else -v
-        parts.append(_pass(w, H, W, not conn8_h0, True, 1, sign, kernels, on_stage))
+        parts.append(_pass(w, H, W, not conn8_h0, True, 1, sign, kernels, num_threads, on_stage))
     fields = [np.concatenate([p[k] for p in parts]) for k in range(6)]
     order = np.argsort(fields[0], kind="stable")  # per image: H0 pairs, essential, H1 pairs
     return tuple(f[order] for f in fields)
@@ -108,7 +110,9 @@ def _chunk_persistence(maps, superlevel, conn8_h0, dim0, dim1, kernels, on_stage
 STAGES = ("descent", "jump", "boundary", "basin_graph", "to_host", "merge")
 
 
-def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels, on_stage):
+def _pass(
+    w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels, num_threads, on_stage
+):
     from . import _C
 
     stage = on_stage or (lambda name: None)
@@ -129,7 +133,7 @@ def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int,
     stage("basin_graph")
     offsets, *host = (t.cpu().numpy() for t in (offsets, *edges))
     stage("to_host")
-    pairs = _C.basin_merge(offsets, *host, P, outside, dim, sign, check_threads(None))
+    pairs = _C.basin_merge(offsets, *host, P, outside, dim, sign, num_threads)
     stage("merge")
     return pairs
 
