@@ -12,9 +12,9 @@ from topoot_gpu import Diagrams, cubical_persistence
 from topoot_gpu.testing import (
     blob_maps,
     numpy_float_dtypes,
+    persistence_map_kinds,
+    persistence_shapes,
     quantised_maps,
-    smooth_maps,
-    tied_maps,
     torch_float_dtypes,
 )
 
@@ -61,22 +61,11 @@ def assert_pixels_consistent(maps: np.ndarray, d: Diagrams) -> None:
     assert np.all(d.dim[~finite] == 0)
 
 
-GENERATORS = {
-    "noise": lambda rng, b, h, w: rng.random((b, h, w)),
-    "smooth": smooth_maps,
-    "blobs": blob_maps,
-    "ties": tied_maps,
-    "binary": lambda rng, b, h, w: tied_maps(rng, b, h, w, levels=2),
-    "quantised1000": quantised_maps,
-}
-SHAPES = [(1, 1), (1, 9), (9, 1), (2, 2), (3, 7), (17, 5), (32, 32), (41, 64)]
-
-
 @pytest.mark.parametrize("construction,filtration", CASES)
-@pytest.mark.parametrize("kind", sorted(GENERATORS))
+@pytest.mark.parametrize("kind", sorted(persistence_map_kinds))
 def test_parity_with_gudhi(rng, kind, construction, filtration):
-    for h, w in SHAPES:
-        maps = GENERATORS[kind](rng, 3, h, w)
+    for h, w in persistence_shapes:
+        maps = persistence_map_kinds[kind](rng, 3, h, w)
         d = assert_matches_gudhi(maps, construction, filtration)
         assert_pixels_consistent(maps, d)
 
@@ -85,8 +74,8 @@ def test_parity_with_gudhi(rng, kind, construction, filtration):
 def test_parity_many_small_random_shapes(rng, construction, filtration):
     for _ in range(60):
         h, w = rng.integers(1, 24, size=2)
-        kind = sorted(GENERATORS)[rng.integers(len(GENERATORS))]
-        maps = GENERATORS[kind](rng, 1, h, w)[0]
+        kind = sorted(persistence_map_kinds)[rng.integers(len(persistence_map_kinds))]
+        maps = persistence_map_kinds[kind](rng, 1, h, w)[0]
         d = assert_matches_gudhi(maps, construction, filtration)
         assert_pixels_consistent(maps, d)
 
@@ -94,7 +83,7 @@ def test_parity_many_small_random_shapes(rng, construction, filtration):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["smooth", "noise", "quantised1000"])
 def test_parity_large(rng, kind):
-    maps = GENERATORS[kind](rng, 1, 512, 512)
+    maps = persistence_map_kinds[kind](rng, 1, 512, 512)
     for construction, filtration in [("T", "sublevel"), ("V", "superlevel")]:
         d = assert_matches_gudhi(maps, construction, filtration)
         assert_pixels_consistent(maps, d)
@@ -126,7 +115,7 @@ def test_torch_inputs(rng, dtype):
 
 
 def test_batch_equals_one_by_one_and_threads_do_not_matter(rng):
-    maps = np.concatenate([GENERATORS[k](rng, 3, 30, 21) for k in sorted(GENERATORS)])
+    maps = np.concatenate([persistence_map_kinds[k](rng, 3, 30, 21) for k in sorted(persistence_map_kinds)])
     rng.shuffle(maps)
     for construction, filtration in CASES:
         batch = cubical_persistence(maps, construction=construction, filtration=filtration, num_threads=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from topoot_gpu import cubical_persistence
-from topoot_gpu.testing import blob_maps, smooth_maps
+from topoot_gpu.testing import blob_maps, persistence_map_kinds, persistence_shapes, smooth_maps
 
 pytestmark = [
     pytest.mark.cuda,
@@ -34,6 +34,18 @@ def test_cuda_pairs_and_pixels_equal_the_cpu_core(rng, construction, filtration)
         for dtype in (torch.float64, torch.float32):
             t = torch.from_numpy(maps).to(dtype)
             assert _rows(cubical_persistence(t.cuda(), backend="cuda", **kw)) == _rows(cubical_persistence(t, **kw))
+
+
+@pytest.mark.parametrize("construction,filtration", CASES)
+def test_cuda_on_the_persistence_test_maps(rng, construction, filtration):
+    pytest.importorskip("cupy")
+    kw = dict(filtration=filtration, construction=construction)
+    for kind, make in sorted(persistence_map_kinds.items()):
+        for h, w in persistence_shapes:
+            t = torch.from_numpy(make(rng, 3, h, w))
+            for dtype in (torch.float64, torch.float32):
+                gpu = cubical_persistence(t.to(dtype).cuda(), backend="cuda", **kw)
+                assert _rows(gpu) == _rows(cubical_persistence(t.to(dtype), **kw)), f"{kind} {h}x{w} {dtype}"
 
 
 @pytest.mark.parametrize("size", [224, 512])

@@ -18,7 +18,7 @@ from test_persistence_triton import batches
 
 from topoot_gpu import cubical_persistence, persistence_cuda
 from topoot_gpu.persistence_gpu import basin_persistence
-from topoot_gpu.testing import tied_maps
+from topoot_gpu.testing import persistence_map_kinds, persistence_shapes, tied_maps
 
 CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
 
@@ -95,6 +95,18 @@ def test_cuda_source_pairs_and_pixels_equal_the_cpu_core(rng, on_host, construct
                 f"shape {maps.shape} {dtype}"
             )
     assert {"descent_f32", "descent_f64", "jump", "boundary_f32", "boundary_f64"} <= set(on_host)
+
+
+@pytest.mark.parametrize("construction,filtration", CASES)
+@pytest.mark.parametrize("kind", sorted(persistence_map_kinds))
+def test_cuda_source_on_the_persistence_test_maps(rng, on_host, kind, construction, filtration):
+    # The CPU core's own parity tests (against GUDHI) run on these kinds and shapes.
+    for h, w in persistence_shapes:
+        t = torch.from_numpy(persistence_map_kinds[kind](rng, 3, h, w))
+        for dtype in (torch.float64, torch.float32):
+            assert cuda_source_rows(t.to(dtype), construction, filtration) == cpu_rows(
+                t.to(dtype), construction, filtration
+            ), f"{kind} {h}x{w} {dtype}"
 
 
 def test_cuda_source_dims_subsets_and_thread_orders(rng, on_host):

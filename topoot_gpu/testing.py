@@ -87,3 +87,22 @@ def scratch_maps(rng: np.random.Generator, batch: int, height: int, width: int) 
             j = np.clip(np.round(j0 + t * np.cos(angle)).astype(int), 0, width - 1)
             out[b, i, j] += rng.uniform(0.6, 1.0)
     return out
+
+
+def noise_maps(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+    """Uniform noise: a minimum or saddle at about every fifth pixel."""
+    return rng.random((batch, height, width))
+
+
+#: Every kind of map the persistence parity tests run on, by name: ``f(rng, batch, height, width)``.
+persistence_map_kinds = {
+    "noise": noise_maps,
+    "smooth": smooth_maps,
+    "blobs": blob_maps,
+    "ties": tied_maps,
+    "binary": lambda rng, b, h, w: tied_maps(rng, b, h, w, levels=2),
+    "quantised1000": quantised_maps,
+}
+
+#: Map shapes of the persistence parity tests: single pixels, lines, odd and square sizes.
+persistence_shapes = [(1, 1), (1, 9), (9, 1), (2, 2), (3, 7), (17, 5), (32, 32), (41, 64)]
