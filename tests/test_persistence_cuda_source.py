@@ -7,10 +7,8 @@ runs them on a GPU (concurrency included)."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
+import cuda_host
 import numpy as np
 import pytest
 import torch
@@ -25,46 +23,17 @@ CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
 
 @pytest.fixture(scope="module")
 def host_kernels(tmp_path_factory) -> ctypes.CDLL:
-    """``tests/cuda_host_emulation.cpp`` around the packaged ``persistence_cuda.cu``, built here."""
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:  # CI builds the package's C++ with one, so this skip never happens there
+    lib = cuda_host.build(tmp_path_factory.mktemp("cuda_host"))
+    if lib is None:  # CI builds the package's C++ with one, so this skip never happens there
         pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
-    d = tmp_path_factory.mktemp("cuda_host")
-    (d / "persistence_cuda.cu").write_text(persistence_cuda._source())
-    src = Path(__file__).with_name("cuda_host_emulation.cpp")
-    lib = d / "cuda_host.so"
-    cmd = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{d}", str(src), "-o", str(lib)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(lib))
+    return lib
 
 
 @pytest.fixture
-def on_host(host_kernels, monkeypatch):
-    """Replace ``persistence_cuda._launch``: same grid and block, threads in a seeded shuffled order."""
-    seeds = iter(range(1, 1 << 30))
-    launched = []
-
-    def launch(name, n, device, *args):
-        assert device.type == "cpu"
-        block = persistence_cuda.BLOCK
-        grid = (n + block - 1) // block
-        c_args = []
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                assert a.is_contiguous()
-                c_args.append(ctypes.c_void_p(a.data_ptr()))
-            elif isinstance(a, np.int32):
-                c_args.append(ctypes.c_int32(int(a)))
-            elif isinstance(a, np.int64):
-                c_args.append(ctypes.c_int64(int(a)))
-            else:
-                raise TypeError(f"{name}: argument of type {type(a)} would not reach the kernel as declared")
-        getattr(host_kernels, f"run_{name}")(
-            ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds)), *c_args
-        )
-        launched.append(name)
-
-    monkeypatch.setattr(persistence_cuda, "_launch", launch)
+def on_host(host_kernels, monkeypatch) -> list[str]:
+    """``persistence_cuda`` launches on the host; returns the names of the kernels launched."""
+    launched: list[str] = []
+    monkeypatch.setattr(persistence_cuda, "_launch", cuda_host.launcher(host_kernels, launched))
     return launched
 
 
@@ -150,3 +119,23 @@ def test_batches_larger_than_a_chunk_run_in_chunks(rng, on_host, monkeypatch):
     for construction, filtration in CASES:
         assert cuda_source_rows(t, construction, filtration) == cpu_rows(t, construction, filtration)
     assert on_host.count("descent_f64") == 3 * 2 * len(CASES)  # 3 chunks, 2 passes
+
+
+def test_basin_merge_benchmark_runs(tmp_path):
+    """``benchmarks/bench_basin_merge.py`` end to end on tiny maps."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_basin_merge.py"
+    out = tmp_path / "merge.json"
+    args = ["--size", "16", "--batches", "1", "3", "--large-size", "24", "--repeats", "1", "--out", str(out)]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["size"], r["batch"]) for r in rows] == [
+        ("smooth", 16, 1), ("smooth", 16, 3), ("noise", 16, 1), ("noise", 16, 3), ("noise", 24, 1)
+    ]  # fmt: skip
+    assert all(r["1thread_ms"] > 0 and r["all_threads_ms"] > 0 for r in rows)
+    assert all(r["edges_per_map"] > 0 for r in rows if r["kind"] == "noise")  # a smooth map may be one basin
