@@ -74,3 +74,13 @@ def test_triton_on_the_gpu_equals_the_cpu_core(rng):
     for construction in ("T", "V"):
         gpu = cubical_persistence(t.cuda(), construction=construction, backend="triton")
         assert _rows(gpu) == _rows(cubical_persistence(t, construction=construction))
+
+
+def test_cuda_batches_in_chunks(rng, monkeypatch):
+    pytest.importorskip("cupy")
+    from topoot_gpu import persistence_gpu
+
+    t = torch.from_numpy(np.concatenate([smooth_maps(rng, 4, 224, 224, sigma=4.0), rng.random((4, 224, 224))])).float()
+    whole = _rows(cubical_persistence(t.cuda(), backend="cuda"))
+    monkeypatch.setattr(persistence_gpu, "CHUNK_PIXELS", 3 * 224 * 224)
+    assert _rows(cubical_persistence(t.cuda(), backend="cuda")) == whole == _rows(cubical_persistence(t))

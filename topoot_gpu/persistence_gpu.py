@@ -54,10 +54,10 @@ def basin_persistence(
 ) -> tuple[np.ndarray, ...]:
     """The fields of :class:`~topoot_gpu.Diagrams` (image, dim, birth, death, birth_pixel,
     death_pixel) of ``maps [B, H, W]`` (float32/float64 on the kernels' device). ``conn8_h0``: H0
-    is 8-connected (construction T; the dual pass is then 4-connected). ``num_threads``: of the
-    host-side merge (0: all cores). ``on_stage(name)``, if
-    given, is called at the end of every stage of every pass (``STAGES``), for profiling. Batches
-    of more than ``CHUNK_PIXELS`` pixels run in chunks of whole maps, to bound device memory."""
+    is 8-connected (construction T; the dual pass is then 4-connected). ``num_threads``: threads
+    of the host-side merge (0: all cores). ``on_stage(name)``, if given, is called at the end of
+    every stage of every pass (``STAGES``), for profiling. Batches of more than ``CHUNK_PIXELS``
+    pixels run in chunks of whole maps, to bound device memory."""
     B, H, W = maps.shape
     per_chunk = max(1, CHUNK_PIXELS // (H * W))
     chunks = []
