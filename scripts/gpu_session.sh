@@ -33,16 +33,16 @@ shift || true
 setup
 case "$stage" in
   tests)
-    # pytest (not python -m pytest): the installed package is tested, as in CI.
-    pytest -q -rs -m cuda tests 2>&1 | tee "$OUT/tests_cuda.log"
+    # -P: the working directory is not put on sys.path, so the installed package is tested, as in CI.
+    $PY -P -m pytest -q -rs -m cuda tests 2>&1 | tee "$OUT/tests_cuda.log"
     cuda_status=${PIPESTATUS[0]}
-    pytest -q -rs tests 2>&1 | tee "$OUT/tests_all.log"
+    $PY -P -m pytest -q -rs tests 2>&1 | tee "$OUT/tests_all.log"
     all_status=${PIPESTATUS[0]}
     exit $((cuda_status || all_status))
     ;;
   sanitize)
     compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 --target-processes all \
-      pytest -q -x tests/test_persistence_cuda.py -k "pairs_and_pixels" 2>&1 | tee "$OUT/memcheck.log"
+      $PY -P -m pytest -q -x tests/test_persistence_cuda.py -k "pairs_and_pixels" 2>&1 | tee "$OUT/memcheck.log"
     exit "${PIPESTATUS[0]}"
     ;;
   bench)
