@@ -22,6 +22,7 @@ import torch
 
 from . import keep_freed_memory, refine
 from ._validation import check_seed
+from .selection import normalise_maps
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "data" / "sample_maps.npz"
 
@@ -45,11 +46,6 @@ def _save_panels(path: Path, a: np.ndarray, label: np.ndarray, mask: np.ndarray)
     gap = np.full((a.shape[0], 4, 3), 255, np.uint8)
     panels = [base, gap, _overlay(base, label, (230, 40, 40)), gap, _overlay(base, mask, (40, 200, 60))]
     Image.fromarray(np.concatenate(panels, 1)).save(path)
-
-
-def _normalised(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a, dtype=np.float64)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -85,7 +81,8 @@ def demo(args: argparse.Namespace) -> int:
             f"{name:<10} {cand:<26} {row['pseudo_label_pixels']:>8} {row['mask_pixels']:>8} "
             f"{row['selection_ms']:>9.1f} {row['head_ms']:>8.1f}"
         )
-        _save_panels(out / f"{b}_{name.replace(' ', '_')}.png", _normalised(maps[b]), r.pseudo_label, r.mask)
+        panel = out / f"{b}_{name.replace(' ', '_')}.png"
+        _save_panels(panel, normalise_maps(maps[b : b + 1])[0], r.pseudo_label, r.mask)
     t0 = time.perf_counter()
     batched = refine(maps, features, seed=args.seed)
     total = time.perf_counter() - t0
