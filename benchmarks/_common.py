@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -78,8 +79,25 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
 
 
-def write_json(name: str, payload: dict, out: str | None) -> Path:
-    path = Path(out) if out else RESULTS / f"{name}.json"
+def write_results(
+    name: str,
+    benchmark: str,
+    args: argparse.Namespace,
+    rows: list[dict],
+    *,
+    environment_extra: dict | None = None,
+    sections: dict | None = None,
+) -> Path:
+    """Every benchmark's JSON: ``{"benchmark", "environment", "args", "rows", **sections}`` at
+    ``args.out``, or ``benchmarks/results/<name>.json``."""
+    payload = {
+        "benchmark": benchmark,
+        "environment": environment() | (environment_extra or {}),
+        "args": vars(args),
+        "rows": rows,
+        **(sections or {}),
+    }
+    path = Path(args.out) if args.out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 # isort: off
-from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -82,11 +82,7 @@ def main() -> None:
             print(f"done {kind} {size} batch {batch}", flush=True)
     print("\nbasin_merge (sublevel H0 pass, 8-connected), on this CPU")
     print_table(rows, list(rows[0]))
-    write_json(
-        "basin_merge_cpu",
-        {"benchmark": "basin_merge", "environment": environment(), "args": vars(args), "rows": rows},
-        args.out,
-    )
+    write_results("basin_merge_cpu", "basin_merge", args, rows)
 
 
 if __name__ == "__main__":

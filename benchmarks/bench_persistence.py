@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
-from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 # isort: on
@@ -187,16 +187,8 @@ def gpu_main(args: argparse.Namespace) -> None:
     print_table(rows, columns)
     print(f"\nms per stage, sublevel H1 + superlevel H0, batch {batch} (device synchronised at each stage's end)")
     print_table(stages, list(stages[0]))
-    write_json(
-        "persistence_gpu",
-        {
-            "benchmark": "cubical_persistence on the GPU",
-            "environment": environment(),
-            "args": vars(args),
-            "rows": rows,
-            "stages_subH1+supH0": stages,
-        },
-        args.out,
+    write_results(
+        "persistence_gpu", "cubical_persistence on the GPU", args, rows, sections={"stages_subH1+supH0": stages}
     )
 
 
@@ -237,16 +229,7 @@ def main() -> None:
     columns = ["size", "kind"] + [k for k in rows[0] if k.endswith("_ms") or k.endswith("_ratio")]
     print("\nms per map (H0 + H1, sublevel, construction T); ratio = tool ms / ours 1-thread ms")
     print_table(rows, columns)
-    write_json(
-        "persistence_cpu",
-        {
-            "benchmark": "cubical_persistence H0+H1 sublevel T",
-            "environment": environment(),
-            "args": vars(args),
-            "rows": rows,
-        },
-        args.out,
-    )
+    write_results("persistence_cpu", "cubical_persistence H0+H1 sublevel T", args, rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
-from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -128,13 +128,9 @@ def main() -> None:
             "head_gflop_per_s",
         ],
     )
-    payload = {
-        "benchmark": "refine",
-        "environment": environment() | {"torch_threads": torch.get_num_threads()},
-        "args": vars(args),
-        "rows": rows,
-    }
-    write_json(f"refine_{device.type}", payload, args.out)
+    write_results(
+        f"refine_{device.type}", "refine", args, rows, environment_extra={"torch_threads": torch.get_num_threads()}
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
-from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 # isort: on
@@ -60,11 +60,7 @@ def main() -> None:
         print(f"done {name}", flush=True)
     print("\nms per map; ratio = reference / ours (same run)")
     print_table(rows, ["maps", "batch", "ours_ms_per_map", "reference_ms_per_map", "ratio", "labels_agree"])
-    write_json(
-        "selection_cpu",
-        {"benchmark": "pseudo_labels vs reference", "environment": environment(), "args": vars(args), "rows": rows},
-        args.out,
-    )
+    write_results("selection_cpu", "pseudo_labels vs reference", args, rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
-from _common import environment, median_seconds, print_table, write_json  # noqa: E402  (before numpy)
+from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -109,11 +109,7 @@ def main() -> None:
         columns += ["gpu_torch_problems_per_s", "gpu_triton_problems_per_s"]
     print("\nproblems per second (ratio = ours / POT one by one, same run)")
     print_table(rows, columns)
-    env = environment()
-    name = "sinkhorn_" + ("gpu" if gpu else "cpu")
-    write_json(
-        name, {"benchmark": "batched sinkhorn vs POT", "environment": env, "args": vars(args), "rows": rows}, args.out
-    )
+    write_results("sinkhorn_" + ("gpu" if gpu else "cpu"), "batched sinkhorn vs POT", args, rows)
 
 
 if __name__ == "__main__":
