@@ -160,21 +160,18 @@ def _group_positions(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.n
     return sizes, np.arange(len(group)) - starts[group]
 
 
-def _ragged(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Problems whose points are the table rows ``starts[k] .. starts[k] + sizes[k]``: every such
-    row, its problem and its position in the problem."""
+def _ragged(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The table rows ``starts[k] .. starts[k] + sizes[k] - 1`` of every problem ``k``, in order."""
     prob = np.repeat(np.arange(len(sizes)), sizes)
-    pos = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    return starts[prob] + pos, prob, pos
+    return starts[prob] + np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
 @dataclass
 class _Side:
-    """One side (P or Q) of a batch of transport problems: the points of every problem, in problem
-    order (``prob`` nondecreasing), and the problems' sizes."""
+    """One side (P or Q) of a batch of transport problems: the points of every problem, problem
+    after problem, and the problems' sizes."""
 
     pts: np.ndarray
-    prob: np.ndarray
     sizes: np.ndarray
 
     @property
@@ -209,7 +206,7 @@ def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig) -
     """SPEC 4.3: the comparisons of every pair of level maps k < l, both filtrations, all images,
     in one solver call; then the best-stability updates, comparison by comparison in order (a
     candidate's comparisons are ordered by (k, l); images are independent)."""
-    jobs = []  # (filtration, rows of the k side, rows of the l side, their problems' sizes)
+    jobs = []  # (filtration, rows of the k side, its problems' sizes, the same for the l side)
     for f, t in tables.items():
         sizes, _ = _group_positions(t.image * L + t.level, B * L)
         sizes = sizes.reshape(B, L)
@@ -230,31 +227,22 @@ def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig) -
     if not jobs:
         return
     pts = {f: np.stack([t.low, t.high], 1) for f, t in tables.items()}
-    offsets = np.cumsum([0] + [len(job[2]) for job in jobs])
-    P = _Side(
-        np.concatenate([pts[f][rk[0]] for f, rk, _, _, _ in jobs]),
-        np.concatenate([rk[1] + o for (_, rk, _, _, _), o in zip(jobs, offsets)]),
-        np.concatenate([job[2] for job in jobs]),
-    )
-    Q = _Side(
-        np.concatenate([pts[f][rl[0]] for f, _, _, rl, _ in jobs]),
-        np.concatenate([rl[1] + o for (_, _, _, rl, _), o in zip(jobs, offsets)]),
-        np.concatenate([job[4] for job in jobs]),
-    )
+    P = _Side(np.concatenate([pts[f][rk] for f, rk, _, _, _ in jobs]), np.concatenate([nk for _, _, nk, _, _ in jobs]))
+    Q = _Side(np.concatenate([pts[f][rl] for f, _, _, rl, _ in jobs]), np.concatenate([nl for _, _, _, _, nl in jobs]))
     (s_row, c_row), (s_col, c_col) = _best_stabilities(P, Q, config)
     ro = co = 0
     for f, rk, _, rl, _ in jobs:
         t = tables[f]
         for rows, s, c in (
-            (rk[0], s_row[ro : ro + len(rk[0])], c_row[ro : ro + len(rk[0])]),
-            (rl[0], s_col[co : co + len(rl[0])], c_col[co : co + len(rl[0])]),
+            (rk, s_row[ro : ro + len(rk)], c_row[ro : ro + len(rk)]),
+            (rl, s_col[co : co + len(rl)], c_col[co : co + len(rl)]),
         ):
             better = s > t.S[rows] + TIE
             tie = np.abs(s - t.S[rows]) <= TIE
             t.C[rows] = np.where(better, c, np.where(tie, np.minimum(t.C[rows], c), t.C[rows]))
             t.S[rows] = np.where(better, s, t.S[rows])
-        ro += len(rk[0])
-        co += len(rl[0])
+        ro += len(rk)
+        co += len(rl)
 
 
 def _rank(group: np.ndarray, n_groups: int, S: np.ndarray, C: np.ndarray, pers: np.ndarray):
@@ -348,12 +336,12 @@ def _select(a: np.ndarray, config: SelectionConfig):
             rs = _ragged((np.cumsum(n_sub) - n_sub)[both], n_sub[both])
             rq = _ragged((np.cumsum(n_sup) - n_sup)[both], n_sup[both])
             (s_row, c_row), (s_col, c_col) = _best_stabilities(
-                _Side(np.stack([sub.low, sub.high], 1)[rs[0]], rs[1], n_sub[both]),
-                _Side(np.stack([sup.low, sup.high], 1)[rq[0]], rq[1], n_sup[both]),
+                _Side(np.stack([sub.low, sub.high], 1)[rs], n_sub[both]),
+                _Side(np.stack([sup.low, sup.high], 1)[rq], n_sup[both]),
                 config,
             )
-            sub.S[rs[0]], sub.C[rs[0]] = s_row, c_row
-            sup.S[rq[0]], sup.C[rq[0]] = s_col, c_col
+            sub.S[rs], sub.C[rs] = s_row, c_row
+            sup.S[rq], sup.C[rq] = s_col, c_col
 
     # Final ranking per image over the union (sublevel list first, as in the reference).
     fil = np.concatenate([np.full(len(t.image), i) for i, (_, t) in enumerate(final_parts)] + [np.zeros(0, int)])
