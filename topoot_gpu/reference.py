@@ -212,9 +212,8 @@ def pseudo_label(anomaly_map: np.ndarray, config=None):
 
     ``label`` is a bool ``[H, W]`` array; ``candidate`` the chosen dict (filtration, low, high,
     S, C, score, and margin: how far it is from a candidate giving another label, the largest gap
-    over the ranking's sort keys) or None. Every diagram from one
-    GUDHI ``CubicalComplex`` per level map and
-    filtration, every plan from one POT ``ot.sinkhorn`` call, float64 throughout.
+    over the ranking's sort keys) or None. Every diagram from one GUDHI ``CubicalComplex`` per
+    level map and filtration, every plan from one POT ``ot.sinkhorn`` call, float64 throughout.
     """
     from .selection_config import SelectionConfig
 
