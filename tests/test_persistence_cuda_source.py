@@ -139,3 +139,27 @@ def test_basin_merge_benchmark_runs(tmp_path):
     ]  # fmt: skip
     assert all(r["1thread_ms"] > 0 and r["all_threads_ms"] > 0 for r in rows)
     assert all(r["edges_per_map"] > 0 for r in rows if r["kind"] == "noise")  # a smooth map may be one basin
+
+
+def test_basin_stats_runs(tmp_path):
+    """``benchmarks/basin_stats.py`` end to end on tiny maps; its counts against plain ones."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "basin_stats.py"
+    out = tmp_path / "stats.json"
+    run = subprocess.run(
+        [sys.executable, str(script), "--size", "12", "--batch", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    passes = ["sublevel H0", "sublevel H1 (dual)"]
+    assert [(r["kind"], r["pass"]) for r in result["rows"]] == [(k, p) for k in ("smooth", "noise") for p in passes]
+    for r in result["rows"]:
+        assert r["minima_per_map"] >= (1 if r["pass"] == "sublevel H0" else 0)  # the dual pass drains outside
+        assert r["basin_graph_edges_per_map"] <= r["crossing_pairs_per_map"]
+        assert r["crossing_pairs_per_pixel"] == pytest.approx(r["crossing_pairs_per_map"] / 144)
+    assert result["noise_h0_peak_bytes_per_pixel"] >= 0

@@ -34,10 +34,10 @@ from types import ModuleType
 import numpy as np
 import torch
 
-# Pixels per chunk of the batch: a pass peaks at about 250 bytes per pixel on raw noise (parents,
-# four saddle slots, the crossing pairs and their sort; measured with CPU tensors, 8-connected H0
-# pass on 512x512 noise), so a chunk stays near 8 GB while still filling the GPU (2**25 pixels:
-# 668 maps of 224x224, 128 of 512x512).
+# Pixels per chunk of the batch: a pass peaks at about 250-280 bytes per pixel on raw noise
+# (parents, four saddle slots, the crossing pairs and their sort; benchmarks/basin_stats.py, CPU
+# tensors, 8-connected H0 pass), so a chunk stays near 8-9 GB while still filling the GPU (2**25
+# pixels: 668 maps of 224x224, 128 of 512x512).
 CHUNK_PIXELS = 1 << 25
 
 
