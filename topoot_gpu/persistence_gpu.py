@@ -12,9 +12,10 @@ Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence`) of a batch 
 4. the basin graph (torch ops on the device, :func:`_basin_graph`): the lowest saddle of each pair
    of adjacent basins (a segmented minimum), sorted in saddle order;
 5. the elder rule (Kruskal's union-find) along those edges, in C++ on the host
-   (``csrc/cpu/basin_merge_cpu.cpp``): only the basin graph travels, not the maps. Measured edge
-   counts per 224x224 map (8-connected H0): smooth maps (sigma 4) 158 minima, 15,922 crossing
-   pairs, 430 basin-graph edges; raw noise 5,621 minima, 90,506 pairs, 17,428 edges.
+   (``csrc/cpu/basin_merge_cpu.cpp``): only the basin graph travels, not the maps. Measured counts
+   per 224x224 map (8-connected H0, ``benchmarks/basin_stats.py``): smooth maps (sigma 4) 163
+   minima, 16,090 crossing pairs, 442 basin-graph edges; raw noise 5,638 minima, 90,616 pairs,
+   17,504 edges.
 
 Exact: the component of a pixel in the sublevel set of any level is a union of basins (a pixel's
 descent path stays below it), and two basins are joined at the lowest saddle of a chain of
@@ -34,7 +35,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-# Pixels per chunk of the batch: a pass peaks at about 250-280 bytes per pixel on raw noise
+# Pixels per chunk of the batch: a pass peaks at about 250-290 bytes per pixel on raw noise
 # (parents, four saddle slots, the crossing pairs and their sort; benchmarks/basin_stats.py, CPU
 # tensors, 8-connected H0 pass), so a chunk stays near 8-9 GB while still filling the GPU (2**25
 # pixels: 668 maps of 224x224, 128 of 512x512).
