@@ -37,7 +37,7 @@ import torch
 
 # Pixels per chunk of the batch: a pass peaks at about 250-290 bytes per pixel on raw noise
 # (parents, four saddle slots, the crossing pairs and their sort; benchmarks/basin_stats.py, CPU
-# tensors, 8-connected H0 pass), so a chunk stays near 8-9 GB while still filling the GPU (2**25
+# tensors, 8-connected H0 pass), so a chunk stays under 10 GB while still filling the GPU (2**25
 # pixels: 668 maps of 224x224, 128 of 512x512).
 CHUNK_PIXELS = 1 << 25
 
