@@ -11,7 +11,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard csrc/cuda/*) $(wildcard topoot_gpu/*.py) $(wildcard topoot_gpu/data/*)
+$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/cpu/*) $(wildcard csrc/cuda/*) \
+		$(wildcard topoot_gpu/*.py topoot_gpu/*/*.py) $(wildcard topoot_gpu/data/*)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q .
 	touch $@

@@ -1,5 +1,6 @@
 """Builds the C++ core ``topoot_gpu._C`` through CMake (only a C++ compiler is needed), and ships the
-CUDA sources (compiled at run time by NVRTC) inside the package as ``topoot_gpu/cuda/``."""
+CUDA sources (compiled at run time by NVRTC) and their host emulation (``topoot_gpu.testing``)
+inside the package as ``topoot_gpu/cuda/``."""
 
 import os
 import subprocess
@@ -41,7 +42,7 @@ class BuildPyWithCudaSources(build_py):
         super().run()
         target = Path(self.build_lib) / "topoot_gpu" / "cuda"
         target.mkdir(parents=True, exist_ok=True)
-        for src in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
+        for src in sorted((ROOT / "csrc" / "cuda").glob("*.c*")):
             self.copy_file(str(src), str(target / src.name))
 
 

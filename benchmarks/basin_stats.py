@@ -2,7 +2,7 @@
 minima (basins), the neighbour pairs crossing two basins, the basin-graph edges left after the
 segmented minimum, the longest steepest-descent path (what sets the number of pointer-jumping
 rounds), and the pass's peak host memory per pixel. The passes are the CUDA kernels' source run
-on the host (``tests/cuda_host.py``). ``benchmarks/gpu_persistence_notes.md`` builds on these.
+on the host (``topoot_gpu.testing.cuda_host_kernels``). ``benchmarks/gpu_persistence_notes.md`` builds on these.
 
     python benchmarks/basin_stats.py [--size 224] [--batch 8]
 """
@@ -10,14 +10,11 @@ on the host (``tests/cuda_host.py``). ``benchmarks/gpu_persistence_notes.md`` bu
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
-import tempfile
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
 from _common import print_table, write_results  # noqa: E402  (before numpy)
 
@@ -25,10 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 # isort: on
 
-import cuda_host  # noqa: E402
-
-from topoot_gpu import persistence_cuda, persistence_gpu  # noqa: E402
-from topoot_gpu.testing import noise_maps, smooth_maps  # noqa: E402
+from topoot_gpu.persistence import _basins, _cuda  # noqa: E402
+from topoot_gpu.testing import cuda_host_kernels, noise_maps, smooth_maps  # noqa: E402
 
 # (name, negate the map, 8-connected, outside node): the H0 pass of construction T and its dual.
 PASSES = [("sublevel H0", False, True, False), ("sublevel H1 (dual)", True, False, True)]
@@ -50,19 +45,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/basin_stats.json)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        lib = cuda_host.build(Path(d))
-        if lib is None:
-            sys.exit("needs a C++ compiler (c++ or g++) to run the CUDA kernels on the host")
-        persistence_cuda._launch = cuda_host.launcher(lib)
+    with cuda_host_kernels():
         rng = np.random.default_rng(args.seed)
         B, S = args.batch, args.size
         # Peak memory of one whole H0 pass on noise (the worst case) per pixel: measured first, while
         # the process's high-water mark is still the maps'.
         maps = torch.from_numpy(noise_maps(rng, B, S, S)).float()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        persistence_gpu.basin_persistence(
-            maps, superlevel=False, conn8_h0=True, dim0=True, dim1=False, kernels=persistence_cuda
+        _basins.basin_persistence(
+            maps, superlevel=False, conn8_h0=True, dim0=True, dim1=False, kernels=_cuda
         )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rows = []
@@ -70,11 +61,11 @@ def main() -> None:
             maps = torch.from_numpy(make(rng, B, S, S)).float().reshape(B, S * S)
             for name, negate, conn8, outside in PASSES:
                 w = -maps if negate else maps
-                parent = persistence_cuda.descent(w, S, S, conn8, outside)
+                parent = _cuda.descent(w, S, S, conn8, outside)
                 steps = longest_path(parent)
-                root = persistence_cuda.jump(parent.clone())
-                saddle = persistence_cuda.boundary(w, root, S, S, conn8)
-                edges = persistence_gpu._basin_graph(w, saddle, root, S, conn8)[0]
+                root = _cuda.jump(parent.clone())
+                saddle = _cuda.boundary(w, root, S, S, conn8)
+                edges = _basins.basin_graph(w, saddle, root, S, conn8)[0]
                 minima = int((root[:, :-1] == torch.arange(S * S)).sum())
                 rows.append(
                     {

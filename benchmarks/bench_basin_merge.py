@@ -1,8 +1,8 @@
 """The host-side step of the GPU persistence backends: the elder rule on the basin graph
-(``_C.basin_merge``, ``csrc/cpu/basin_merge_cpu.cpp``), on the CPU that drives the GPU.
+(``_C.basin_merge``, ``csrc/cpu/basin_merge_host.cpp``), on the CPU that drives the GPU.
 
 The basin graphs are the ones the CUDA kernels give, computed here without a GPU by the same
-kernel source compiled for the host (``tests/cuda_host.py``); the merge is then timed alone, on
+kernel source compiled for the host (``topoot_gpu.testing.cuda_host_kernels``); the merge is then timed alone, on
 one thread and on every core: ms per call, us per map, edges per map, ns per edge. One pass
 (sublevel H0, 8-connected) of 224x224 smooth (sigma 4) and raw-noise maps at batch 1, 16 and 256,
 and one 2048x2048 noise map. Median of repeats after a warm-up.
@@ -15,12 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
 from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
@@ -28,26 +24,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 # isort: on
 
-import cuda_host  # noqa: E402
-
-from topoot_gpu import _C, persistence_cuda, persistence_gpu  # noqa: E402
-from topoot_gpu.testing import noise_maps, smooth_maps  # noqa: E402
+from topoot_gpu import _C  # noqa: E402
+from topoot_gpu.persistence import _basins, _cuda  # noqa: E402
+from topoot_gpu.testing import cuda_host_kernels, noise_maps, smooth_maps  # noqa: E402
 
 
 def merge_arguments(maps: np.ndarray) -> tuple:
-    """The arguments ``basin_persistence`` gives ``_C.basin_merge`` for the sublevel H0 pass."""
-    calls = []
-    merge = _C.basin_merge
-    _C.basin_merge = lambda *args: calls.append(args) or merge(*args)
-    try:
-        persistence_gpu.basin_persistence(
-            torch.from_numpy(maps).float(), superlevel=False, conn8_h0=True, dim0=True, dim1=False,
-            kernels=persistence_cuda,
-        )  # fmt: skip
-    finally:
-        _C.basin_merge = merge
-    (args,) = calls
-    return args
+    """What the sublevel H0 pass (8-connected) gives ``_C.basin_merge``, but the thread count."""
+    B, H, W = maps.shape
+    edges = _basins.basin_edges(torch.from_numpy(maps).float().reshape(B, H * W), H, W, True, False, _cuda)
+    return (*edges, H * W, False, 0, 1.0)
 
 
 def main() -> None:
@@ -59,18 +45,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/basin_merge_cpu.json)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        lib = cuda_host.build(Path(d))
-        if lib is None:
-            sys.exit("needs a C++ compiler (c++ or g++) to run the CUDA kernels on the host")
-        persistence_cuda._launch = cuda_host.launcher(lib)
+    with cuda_host_kernels():
         rng = np.random.default_rng(args.seed)
         rows = []
         configs = [(kind, args.size, batch) for kind in ("smooth", "noise") for batch in args.batches]
         configs += [("noise", args.large_size, 1)] if args.large_size else []
         for kind, size, batch in configs:
             make = smooth_maps if kind == "smooth" else noise_maps
-            *fixed, _ = merge_arguments(make(rng, batch, size, size))  # all but num_threads
+            fixed = merge_arguments(make(rng, batch, size, size))
             n_edges = int(fixed[0][-1])
             row = {"kind": kind, "size": size, "batch": batch, "edges_per_map": n_edges / batch}
             for label, threads in (("1thread", 1), ("all_threads", os.cpu_count() or 1)):

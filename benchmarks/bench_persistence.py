@@ -16,7 +16,7 @@ GUDHI's fast path (both timed on the first ``--ref-maps`` maps, float32 for the 
 always computes H0 and H1 of a filtration, so it has one figure for both workloads),
 written to ``benchmarks/results/persistence_gpu.json`` with the GPU's name. For the largest batch,
 the same JSON breaks the sublevel H1 + superlevel H0 workload down into the stages of
-``topoot_gpu.persistence_gpu`` (device synchronised after each; median ms over the repeats).
+``topoot_gpu.persistence._basins`` (device synchronised after each; median ms over the repeats).
 
     python benchmarks/bench_persistence.py --gpu [--gpu-batches 1 16 256 1024] [--sizes 224 512]
 """
@@ -86,21 +86,21 @@ WORKLOADS = {
 
 
 def stage_milliseconds(maps, backend: str, passes, repeats: int) -> dict:
-    """Median ms per stage of ``persistence_gpu`` for one run of ``passes`` on ``maps`` (float32 on
+    """Median ms per stage of ``persistence._basins`` for one run of ``passes`` on ``maps`` (float32 on
     the device), the device synchronised at every stage's end; ``other`` is the rest of the run
     (validation-free entry, the essential class, assembling the fields)."""
     import torch
 
-    from topoot_gpu import persistence_gpu
+    from topoot_gpu.persistence import _basins
 
-    kernels = importlib.import_module(f"topoot_gpu.persistence_{backend}")
+    kernels = importlib.import_module(f"topoot_gpu.persistence._{backend}")
 
     def sync():
         if maps.device.type == "cuda":
             torch.cuda.synchronize(maps.device)
 
     def once() -> dict:
-        times = dict.fromkeys((*persistence_gpu.STAGES, "other", "total"), 0.0)
+        times = dict.fromkeys((*_basins.STAGES, "other", "total"), 0.0)
         last = 0.0
 
         def on_stage(name):
@@ -113,7 +113,7 @@ def stage_milliseconds(maps, backend: str, passes, repeats: int) -> dict:
         for filtration, dims in passes:
             sync()
             start = last = time.perf_counter()
-            persistence_gpu.basin_persistence(
+            _basins.basin_persistence(
                 maps, superlevel=filtration == "superlevel", conn8_h0=True, dim0=0 in dims, dim1=1 in dims,
                 kernels=kernels, on_stage=on_stage,
             )  # fmt: skip
@@ -148,7 +148,7 @@ def gpu_main(args: argparse.Namespace) -> None:
             cpu_maps = torch.from_numpy(host).float()
             reference = {}
             for workload, passes in WORKLOADS.items():
-                seconds = median_seconds(lambda m=cpu_maps, p=passes: run("cpu", m, p), repeats=args.repeats)
+                seconds = median_seconds(lambda m=cpu_maps, p=passes: run("cpp", m, p), repeats=args.repeats)
                 reference[workload] = {"cpu_all_threads_maps_per_s": len(host) / seconds}
             try:
                 from gudhi.sklearn.cubical_persistence import CubicalPersistence

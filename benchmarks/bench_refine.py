@@ -1,6 +1,6 @@
 """End to end: the reference pipeline (released semantics, one image at a time) against ``refine``.
 
-The reference is ``refine(..., backend="reference")``: GUDHI + POT selection and the released head
+The reference is ``topoot_gpu.refinement.reference.refine``: GUDHI + POT selection and the released head
 (pairs built pixel by pixel, a DataLoader over them, the head run again on both pixels of every
 pair, 200 Sinkhorn iterations under autograd), image by image. ``refine`` runs the batch.
 
@@ -32,6 +32,7 @@ import torch  # noqa: E402
 # isort: on
 
 from topoot_gpu import HeadConfig, pseudo_labels, refine  # noqa: E402
+from topoot_gpu.refinement import reference  # noqa: E402
 from topoot_gpu.testing import blob_maps  # noqa: E402
 
 
@@ -89,7 +90,7 @@ def main() -> None:
         fast_mask, fast_label = fast.mask.cpu().numpy(), fast.pseudo_label.cpu().numpy()
         head_s = statistics.median(r.seconds["head"] for r in runs[1:]) / args.batch  # warm-up excluded
         n_ref = min(args.ref_images, args.batch)
-        ref = refine(maps[:n_ref], features[:n_ref], seed=args.seed, backend="reference")
+        ref = reference.refine(maps[:n_ref], features[:n_ref], seed=args.seed)
         ref_s = sum(ref.seconds.values()) / n_ref
         agreement = float((ref.mask == fast_mask[:n_ref]).mean())
         flops = head_flops(HeadConfig(), C, args.low, args.size)

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 # isort: on
 
 from topoot_gpu import pseudo_labels  # noqa: E402
+from topoot_gpu.selection import reference  # noqa: E402
 from topoot_gpu.testing import smooth_maps  # noqa: E402
 
 
@@ -43,10 +44,8 @@ def main() -> None:
     for name, maps in cases.items():
         ours = median_seconds(lambda maps=maps: pseudo_labels(maps), repeats=args.repeats) / len(maps)
         sub = maps[: args.ref_maps]
-        ref = median_seconds(
-            lambda sub=sub: pseudo_labels(sub, backend="reference"), repeats=args.repeats, warmup=0
-        ) / len(sub)
-        agree = bool(np.array_equal(pseudo_labels(sub).labels, pseudo_labels(sub, backend="reference").labels))
+        ref = median_seconds(lambda sub=sub: reference.pseudo_labels(sub), repeats=args.repeats, warmup=0) / len(sub)
+        agree = bool(np.array_equal(pseudo_labels(sub).labels, reference.pseudo_labels(sub).labels))
         rows.append(
             {
                 "maps": name,

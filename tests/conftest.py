@@ -1,14 +1,21 @@
 """Fresh random inputs on every run; the seed of a failing test is printed with its report.
 
-Set ``TOPOOT_TEST_SEED`` to replay a run.
+Set ``TOPOOT_TEST_SEED`` to replay a run. Without a GPU, Triton runs its kernels under its
+interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first imported), so the
+Triton backends are tested on every run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
@@ -26,3 +33,36 @@ def pytest_runtest_makereport(item, call):
     seed = getattr(item, "topoot_seed", None)
     if report.failed and seed is not None:
         report.sections.append(("random seed", f"replay with TOPOOT_TEST_SEED={seed}"))
+
+
+@pytest.fixture(scope="session")
+def cuda_host_lib(tmp_path_factory):
+    """The CUDA kernels' source compiled for the host (``topoot_gpu.testing``), built once."""
+    from topoot_gpu.testing import build_cuda_host_kernels
+
+    lib = build_cuda_host_kernels(tmp_path_factory.mktemp("cuda_host"))
+    if lib is None:  # CI builds the package's C++ with one, so this skip never happens there
+        pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
+    return lib
+
+
+@pytest.fixture
+def use_backend(request):
+    """``use_backend(name)`` makes a backend run here and returns its name: Triton under its
+    interpreter (CI installs Triton, so a missing one fails there instead of skipping), and without
+    a GPU the ``"cuda"`` backend's kernels compiled for the host until the test ends."""
+    from topoot_gpu.testing import cuda_host_kernels
+
+    with contextlib.ExitStack() as stack:
+
+        def use(name: str) -> str:
+            if name == "triton":
+                if os.environ.get("CI"):
+                    import triton  # noqa: F401
+                else:
+                    pytest.importorskip("triton")
+            if name == "cuda" and not torch.cuda.is_available():
+                stack.enter_context(cuda_host_kernels(request.getfixturevalue("cuda_host_lib")))
+            return name
+
+        yield use

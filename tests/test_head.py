@@ -1,5 +1,5 @@
 """The head (SPEC 5): the fused losses against autograd through the plain formulas, the batched
-head against the released head (reference.train_head), batching, determinism, errors."""
+head against the released head (head.reference.train_released_head), batching, determinism, errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from topoot_gpu import HeadConfig, map_features, pseudo_labels, train_heads
-from topoot_gpu import _random as rnd
-from topoot_gpu import head as hd
-from topoot_gpu.reference import ot_consistency_loss, train_head
-from topoot_gpu.selection import normalise_maps
+from topoot_gpu.core import random as rnd
+from topoot_gpu.core.maps import normalise_maps
+from topoot_gpu.head import _cpp, _torch
+from topoot_gpu.head.reference import ot_consistency_loss
+from topoot_gpu.head.reference import train_released_head as train_head
 from topoot_gpu.testing import blob_maps, ring_maps, scratch_maps
 
 AGREEMENT = 0.999  # SPEC 6: masks agree on at least 99.9% of pixels
@@ -84,11 +85,8 @@ def test_head_loss_and_gradient_match_autograd_through_the_iterations(rng, backe
     )
     e, labels, partner, weight, scale = _loss_inputs(rng, config)
     e1 = e.clone().requires_grad_(True)
-    if backend == "cpp":
-        loss = hd._HeadLossCpp.apply(e1, labels, partner, weight, config, 2)
-    else:
-        loss = config.ot_weight * hd._ot_consistency_torch(e1, labels.to(e.dtype), config)
-        loss = loss + hd._Contrastive.apply(e1, partner, weight, config.margin, config.pair_eps)
+    head_loss = (_cpp if backend == "cpp" else _torch).head_loss
+    loss = head_loss(e1, labels, partner, weight, config, 2)
     (scale * loss).sum().backward()
     e2 = e.clone().requires_grad_(True)
     expected = _released_loss(e2, labels, partner, weight, config)
@@ -98,7 +96,7 @@ def test_head_loss_and_gradient_match_autograd_through_the_iterations(rng, backe
     # The training loop's unit incoming gradient takes the unscaled path.
     e3 = e.clone().requires_grad_(True)
     if backend == "cpp":
-        hd._HeadLossCpp.apply(e3, labels, partner, weight, config, 2).sum().backward()
+        _cpp.head_loss(e3, labels, partner, weight, config, 2).sum().backward()
         e4 = e.clone().requires_grad_(True)
         _released_loss(e4, labels, partner, weight, config).sum().backward()
         torch.testing.assert_close(e3.grad, e4.grad, rtol=1e-8, atol=1e-12 * float(e4.grad.abs().max()))
@@ -137,7 +135,7 @@ def test_head_matches_the_released_head(rng, features_kind):
 def test_torch_backend_gives_the_cpp_masks(rng):
     maps, labels = _images(rng, 2, 40, 36)
     features = torch.from_numpy(rng.normal(size=(len(labels), 8, 10, 9))).float()
-    cpp = train_heads(features, labels, backend="cpu", seed=7)
+    cpp = train_heads(features, labels, backend="cpp", seed=7)
     ops = train_heads(features, labels, backend="torch", seed=7)
     assert (cpp == ops).float().mean() >= AGREEMENT
 

@@ -12,6 +12,7 @@ from topoot_gpu import Diagrams, cubical_persistence
 from topoot_gpu.testing import (
     blob_maps,
     numpy_float_dtypes,
+    persistence_cases,
     persistence_map_kinds,
     persistence_shapes,
     quantised_maps,
@@ -20,7 +21,7 @@ from topoot_gpu.testing import (
 
 gudhi = pytest.importorskip("gudhi")
 
-CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
+CASES = persistence_cases
 
 
 def gudhi_pairs(a: np.ndarray, construction: str, filtration: str, dim: int) -> Counter:

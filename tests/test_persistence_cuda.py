@@ -9,26 +9,20 @@ import pytest
 import torch
 
 from topoot_gpu import cubical_persistence
-from topoot_gpu.testing import blob_maps, persistence_map_kinds, persistence_shapes, smooth_maps
+from topoot_gpu.testing import blob_maps, persistence_cases, persistence_map_kinds, persistence_shapes, smooth_maps
+from topoot_gpu.testing import diagram_rows as _rows
+from topoot_gpu.testing import persistence_batches as batches
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-CASES = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
-
-
-def _rows(d):
-    from test_persistence_triton import rows
-
-    return rows(d)
+CASES = persistence_cases
 
 
 @pytest.mark.parametrize("construction,filtration", CASES)
 def test_cuda_pairs_and_pixels_equal_the_cpu_core(rng, construction, filtration):
     pytest.importorskip("cupy")
-    from test_persistence_triton import batches
-
     kw = dict(filtration=filtration, construction=construction)
     for maps in batches(rng):
         for dtype in (torch.float64, torch.float32):
@@ -78,9 +72,9 @@ def test_triton_on_the_gpu_equals_the_cpu_core(rng):
 
 def test_cuda_batches_in_chunks(rng, monkeypatch):
     pytest.importorskip("cupy")
-    from topoot_gpu import persistence_gpu
+    from topoot_gpu.persistence import _basins
 
     t = torch.from_numpy(np.concatenate([smooth_maps(rng, 4, 224, 224, sigma=4.0), rng.random((4, 224, 224))])).float()
     whole = _rows(cubical_persistence(t.cuda(), backend="cuda"))
-    monkeypatch.setattr(persistence_gpu, "CHUNK_PIXELS", 3 * 224 * 224)
+    monkeypatch.setattr(_basins, "CHUNK_PIXELS", 3 * 224 * 224)
     assert _rows(cubical_persistence(t.cuda(), backend="cuda")) == whole == _rows(cubical_persistence(t))

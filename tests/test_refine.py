@@ -9,6 +9,7 @@ import torch
 
 import topoot_gpu
 from topoot_gpu import HeadConfig, RefineConfig, SelectionConfig, refine
+from topoot_gpu.refinement import reference
 from topoot_gpu.testing import blob_maps, ring_maps
 
 AGREEMENT = 0.999
@@ -25,11 +26,37 @@ def test_refine_matches_the_reference_pipeline(rng):
     features = rng.normal(size=(len(maps), 8, 7, 8)).astype(np.float32)
     seed = int(rng.integers(0, 2**40))
     fast = refine(maps, features, seed=seed)
-    ref = refine(maps, features, seed=seed, backend="reference")
+    ref = reference.refine(maps, features, seed=seed)
     assert np.array_equal(fast.pseudo_label, ref.pseudo_label)
     for b in range(len(maps)):
         assert (fast.mask[b] == ref.mask[b]).mean() >= AGREEMENT
     assert set(fast.seconds) == {"selection", "features", "head"}
+
+
+@pytest.mark.parametrize(
+    "argument,name",
+    [
+        ("persistence_backend", "reference"),
+        ("persistence_backend", "triton"),
+        ("persistence_backend", "cuda"),
+        ("transport_backend", "torch"),
+        ("transport_backend", "triton"),
+        ("transport_backend", "reference"),
+        ("head_backend", "torch"),
+        ("head_backend", "reference"),
+    ],
+)
+def test_refine_through_every_backend_matches_the_reference_pipeline(rng, use_backend, argument, name):
+    pytest.importorskip("gudhi")
+    pytest.importorskip("ot")
+    maps = _maps(rng, 2, 18, 21)
+    features = rng.normal(size=(len(maps), 6, 6, 7)).astype(np.float32)
+    seed = int(rng.integers(0, 2**40))
+    fast = refine(maps, features, seed=seed, **{argument: use_backend(name)})
+    ref = reference.refine(maps, features, seed=seed)
+    assert np.array_equal(fast.pseudo_label, ref.pseudo_label)
+    for b in range(len(maps)):
+        assert (fast.mask[b] == ref.mask[b]).mean() >= AGREEMENT
 
 
 def test_refine_returns_the_input_kind_and_shape(rng):
@@ -121,8 +148,8 @@ def test_bad_input_raises_value_error(rng):
         torch.ops.topoot.refine(maps, features[:1], 0)
     with pytest.raises(ValueError, match="config"):
         refine(maps, config=SelectionConfig())
-    with pytest.raises(ValueError, match="backend"):
-        refine(maps, backend="cuda")
+    with pytest.raises(ValueError, match="head_backend"):
+        refine(maps, head_backend="cuda")
     with pytest.raises(ValueError, match="seed"):
         refine(maps, seed=1.5)
 

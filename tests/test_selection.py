@@ -12,7 +12,8 @@ from topoot_gpu.testing import blob_maps, quantised_maps, ring_maps, scratch_map
 
 pytest.importorskip("gudhi")
 pytest.importorskip("ot")
-from topoot_gpu import reference  # noqa: E402
+from topoot_gpu.selection.reference import released_pseudo_label  # noqa: E402
+from topoot_gpu.transport.reference import stability_pot  # noqa: E402
 
 NEAR_TIE = 1e-9
 
@@ -35,7 +36,7 @@ def suite(rng: np.random.Generator) -> list[np.ndarray]:
     return maps
 
 
-def check_parity(maps: list[np.ndarray], config: SelectionConfig) -> tuple[int, int]:
+def check_parity(maps: list[np.ndarray], config: SelectionConfig, **backends: str) -> tuple[int, int]:
     """Labels identical to the reference on every map that is not a near-tie: one whose best
     candidate is within 1e-9, on every sort key (score, S, C, persistence), of the best candidate
     that would give another label. That excludes fewer maps than the SPEC's "two best scores
@@ -46,10 +47,10 @@ def check_parity(maps: list[np.ndarray], config: SelectionConfig) -> tuple[int, 
     for i, m in enumerate(maps):
         by_shape.setdefault(m.shape, []).append(i)
     for idx in by_shape.values():
-        fast = pseudo_labels(np.stack([maps[i] for i in idx]), config=config)
+        fast = pseudo_labels(np.stack([maps[i] for i in idx]), config=config, **backends)
         for j, i in enumerate(idx):
-            label, cand = reference.pseudo_label(maps[i], config)
-            if cand is not None and cand["margin"] <= NEAR_TIE:
+            label, cand, margin = released_pseudo_label(maps[i], config)
+            if cand is not None and margin <= NEAR_TIE:
                 near_ties += 1
                 tie_differs += not np.array_equal(fast.labels[j], label)
                 continue
@@ -62,10 +63,10 @@ def check_parity(maps: list[np.ndarray], config: SelectionConfig) -> tuple[int, 
                 c = fast.candidates[j]
                 # The same structure; its values may differ in the last bit when two level maps hold
                 # it (6/9 from k=10 and 666/999 from k=1000) and tie: the SPEC asks for the label.
-                assert c.filtration == cand["filtration"]
-                assert c.high == pytest.approx(cand["high"], rel=0, abs=1e-12)
-                assert c.low == pytest.approx(cand["low"], rel=0, abs=1e-12)
-                assert c.score == pytest.approx(cand["score"], rel=1e-9, abs=1e-12)
+                assert c.filtration == cand.filtration
+                assert c.high == pytest.approx(cand.high, rel=0, abs=1e-12)
+                assert c.low == pytest.approx(cand.low, rel=0, abs=1e-12)
+                assert c.score == pytest.approx(cand.score, rel=1e-9, abs=1e-12)
     return near_ties, tie_differs
 
 
@@ -79,6 +80,42 @@ def test_parity_with_reference(rng):
         f"\n{len(maps)} maps: {near_ties} near-ties (every sort key within {NEAR_TIE}), {differ} of them "
         "with another label; parity on all the others"
     )
+
+
+def small_suite(rng: np.random.Generator) -> list[np.ndarray]:
+    """Small maps of every kind, for the backends that are slow here (interpreted, emulated, POT)."""
+    maps: list[np.ndarray] = []
+    for _ in range(2):
+        h, w = (int(x) for x in rng.integers(10, 20, size=2))
+        maps += list(blob_maps(rng, 3, h, w, max_blobs=3)) + list(ring_maps(rng, 2, h, w))
+        maps += list(scratch_maps(rng, 2, h, w)) + list(tied_maps(rng, 2, h, w, levels=3))
+        maps += list(quantised_maps(rng, 1, h, w, levels=20)) + list(rng.random((2, 12, 12)))
+    return maps
+
+
+@pytest.mark.parametrize(
+    "argument,kernel,name",
+    [
+        ("persistence_backend", "cubical_persistence", "reference"),
+        ("persistence_backend", "cubical_persistence", "triton"),
+        ("persistence_backend", "cubical_persistence", "cuda"),
+        ("transport_backend", "best_stability", "torch"),
+        ("transport_backend", "best_stability", "triton"),
+        ("transport_backend", "best_stability", "reference"),
+    ],
+)
+def test_parity_with_reference_through_every_backend(rng, use_backend, monkeypatch, argument, kernel, name):
+    # The cpp backends are what test_parity_with_reference runs through ("auto" here).
+    from topoot_gpu.core import backends
+
+    module = backends.load(kernel, use_backend(name))
+    calls = []
+    run = getattr(module, kernel)
+    monkeypatch.setattr(module, kernel, lambda *a, **k: calls.append(1) or run(*a, **k))
+    maps = small_suite(rng)
+    near_ties, differ = check_parity(maps, SelectionConfig(), **{argument: name})
+    assert calls, f"{argument}={name!r} was not called"
+    print(f"\n{len(maps)} maps through {argument}={name!r}: {near_ties} near-ties, {differ} of them with another label")
 
 
 @pytest.mark.parametrize(
@@ -196,10 +233,13 @@ def test_diagonal_cost_option_is_used():
     # diagonal) and [1, 1, 1]/3: part of A's mass goes to the diagonal, so its best stability
     # is below the 0.5 of the normalized cost (at most its row mass 1/3).
     cfg = SelectionConfig(level_mode="threshold", levels=(0.3,), top_m=2, cost="diagonal")
-    ref_label, ref_cand = reference.pseudo_label(SADDLES[0], cfg)
+    ref_label, ref_cand, _ = released_pseudo_label(SADDLES[0], cfg)
     sel = pseudo_labels(SADDLES, config=cfg)
     assert np.array_equal(sel.labels[0], ref_label[None][0])
-    S_a = reference.stability_pot(np.array([[0.4, 0.6]]), np.array([[0.4, 0.6], [0.1, 0.35]]), cfg)[0]
+    S_a = stability_pot(
+        np.array([[0.4, 0.6]]), np.array([[0.4, 0.6], [0.1, 0.35]]), cost=cfg.cost, reg=cfg.reg,
+        max_iter=cfg.max_iter, stop_thr=cfg.stop_thr,
+    )[0]  # fmt: skip
     assert S_a.max() <= 1 / 3 + 1e-12
 
 
@@ -264,5 +304,7 @@ def test_bad_inputs_raise():
         pseudo_labels(np.array([[0.0, np.nan]]))
     with pytest.raises(ValueError, match="config"):
         pseudo_labels(np.zeros((3, 3)), config={"reg": 0.3})
-    with pytest.raises(ValueError, match="backend"):
-        pseudo_labels(np.zeros((3, 3)), backend="gpu")
+    with pytest.raises(ValueError, match="persistence_backend"):
+        pseudo_labels(np.zeros((3, 3)), persistence_backend="gpu")
+    with pytest.raises(ValueError, match="transport_backend"):
+        pseudo_labels(np.zeros((3, 3)), transport_backend="cuda")

@@ -7,38 +7,12 @@ import pytest
 import torch
 
 from topoot_gpu import best_match, diagram_costs, sinkhorn, stability
+from topoot_gpu.testing import pad_problems as pad_batch
+from topoot_gpu.testing import transport_problem as random_problem
 
 ot = pytest.importorskip("ot")
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
-
-
-def random_problem(rng, n, m, *, cost="random"):
-    a = rng.random(n) + 0.05
-    b = rng.random(m) + 0.05
-    if cost == "diagram":  # costs built like TopoOT's: normalised distances of diagram points
-        P = np.sort(rng.random((n, 2)), 1)
-        Q = np.sort(rng.random((m, 2)), 1)
-        M, _, _ = diagram_costs([P], [Q])
-        M = M[0].numpy()
-    else:
-        M = rng.random((n, m)) * rng.uniform(0.2, 1.0)
-    return a / a.sum(), b / b.sum(), M
-
-
-def pad_batch(problems, dtype=torch.float64, pad_to=None):
-    """Ragged problems -> padded a [B, N], b [B, Mx], M [B, N, Mx] (padding weight 0, junk costs)."""
-    N = pad_to[0] if pad_to else max(len(p[0]) for p in problems)
-    Mx = pad_to[1] if pad_to else max(len(p[1]) for p in problems)
-    B = len(problems)
-    a = torch.zeros(B, N, dtype=torch.float64)
-    b = torch.zeros(B, Mx, dtype=torch.float64)
-    M = torch.full((B, N, Mx), 7.5, dtype=torch.float64)  # padding costs must not matter
-    for k, (ak, bk, Mk) in enumerate(problems):
-        a[k, : len(ak)] = torch.from_numpy(ak)
-        b[k, : len(bk)] = torch.from_numpy(bk)
-        M[k, : len(ak), : len(bk)] = torch.from_numpy(Mk)
-    return a.to(dtype), b.to(dtype), M.to(dtype)
 
 
 def pot_solution(a, b, M, reg, max_iter, method):
@@ -46,7 +20,7 @@ def pot_solution(a, b, M, reg, max_iter, method):
     return G, int(log["niter"])
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
 @pytest.mark.parametrize("domain", ["scaling", "log"])
 @pytest.mark.parametrize("reg", [0.3, 0.05, 0.01])
 def test_parity_with_pot_float64(rng, backend, domain, reg):
@@ -70,7 +44,7 @@ def test_parity_with_pot_float64(rng, backend, domain, reg):
         assert np.abs(ours - other).max() <= 1e-8
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
 @pytest.mark.parametrize("domain", ["scaling", "log"])
 def test_parity_with_pot_float32(rng, backend, domain):
     reg = 0.05
@@ -91,7 +65,7 @@ def test_max_iter_and_n_iter_semantics(rng):
     problems = [random_problem(rng, 30, 30) for _ in range(3)]
     a, b, M = pad_batch(problems)
     for max_iter in (1, 7, 25):
-        for backend in ("cpu", "torch"):
+        for backend in ("cpp", "torch"):
             for domain in ("scaling", "log"):
                 res = sinkhorn(a, b, M, reg=0.01, max_iter=max_iter, domain=domain, backend=backend)
                 method = "sinkhorn_log" if domain == "log" else "sinkhorn"
@@ -101,7 +75,7 @@ def test_max_iter_and_n_iter_semantics(rng):
                     assert np.abs(res.plan[k].numpy() - G).max() <= 1e-9
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_padding_invariance(rng, backend):
     problems = [random_problem(rng, n, m) for n, m in [(5, 9), (33, 2), (17, 40), (1, 1)]]
     a, b, M = pad_batch(problems)
@@ -121,7 +95,7 @@ def test_backends_agree(rng):
     problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(4, 7), (50, 50), (120, 33)]]
     a, b, M = pad_batch(problems)
     for domain in ("scaling", "log"):
-        x = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="cpu")
+        x = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="cpp")
         y = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="torch")
         r = sinkhorn(a, b, M, reg=0.05, domain=domain, backend="reference")
         for other in (y, r):
@@ -134,7 +108,7 @@ def test_empty_problems_give_zero_plans(rng):
     a = torch.cat([a, torch.zeros(1, 6, dtype=a.dtype), a])
     b = torch.cat([b, b, torch.zeros(1, 6, dtype=b.dtype)])
     M = torch.cat([M, M, M])
-    for backend in ("cpu", "torch", "reference"):
+    for backend in ("cpp", "torch", "reference"):
         res = sinkhorn(a, b, M, reg=0.1, backend=backend)
         assert torch.all(res.plan[1:] == 0), backend
         assert torch.isfinite(res.plan).all()
@@ -149,7 +123,7 @@ def test_auto_domain_choice(rng):
     assert sinkhorn(a.float(), b.float(), (M * 30).float(), reg=0.3).domain == "log"  # 100 > 50 in float32
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_small_reg_float32_log_domain_is_finite_and_feasible(rng, backend):
     problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(10, 12), (40, 40), (64, 30)]]
     a, b, M = pad_batch(problems, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """The fused Triton Sinkhorn kernel against the torch backend and POT.
 
-Without a GPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``, set here before the
+Without a GPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``, set in conftest.py before the
 kernel module is imported), so its logic is tested on every CI run.
 """
 
@@ -12,17 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 if os.environ.get("CI"):
     import triton  # noqa: F401  (CI installs it: a missing triton must fail, not skip)
 else:
     pytest.importorskip("triton")
 ot = pytest.importorskip("ot")
 
-from test_transport import pad_batch, random_problem  # noqa: E402
-
 from topoot_gpu import sinkhorn  # noqa: E402
+from topoot_gpu.testing import pad_problems as pad_batch  # noqa: E402
+from topoot_gpu.testing import transport_problem as random_problem  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -58,3 +56,30 @@ def test_triton_padding_and_empty_problems(rng):
         *(x.to(DEVICE) for x in pad_batch([random_problem(np.random.default_rng(0), 1, 1)])), reg=0.1, backend="triton"
     )
     assert alone.plan.sum().item() == pytest.approx(1.0)
+
+
+def test_triton_refuses_what_it_cannot_hold_instead_of_substituting(rng):
+    # Above 256 points a side the problem does not fit on chip: an error, never another backend.
+    a, b, M = (x.to(DEVICE) for x in pad_batch([random_problem(rng, 257, 3)]))
+    with pytest.raises(ValueError, match="M: backend 'triton' solves problems up to 256"):
+        sinkhorn(a, b, M, reg=0.3, backend="triton")
+    with pytest.raises(ValueError, match="domain: backend 'triton' runs"):
+        sinkhorn(a[:, :3], b, M[:, :3], reg=0.3, domain="scaling", backend="triton")
+
+
+def test_triton_best_stability_matches_the_cpp_backend(rng):
+    from topoot_gpu import best_stability
+
+    sizes_p, sizes_q = [3, 0, 17, 1], [5, 4, 9, 1]
+    P = np.sort(rng.random((sum(sizes_p), 2)), 1)
+    Q = np.sort(rng.random((sum(sizes_q), 2)), 1)
+    for cost in ("normalized", "diagonal"):
+        kw = dict(cost=cost, reg=0.3, max_iter=2000)
+        cpp = best_stability(P, sizes_p, Q, sizes_q, backend="cpp", **kw)
+        tri = best_stability(
+            torch.from_numpy(P).to(DEVICE), torch.tensor(sizes_p, device=DEVICE), torch.from_numpy(Q).to(DEVICE),
+            torch.tensor(sizes_q, device=DEVICE), backend="triton", **kw,
+        )  # fmt: skip
+        for name in ("s_row", "c_row", "s_col", "c_col"):
+            torch.testing.assert_close(getattr(tri, name).cpu(), getattr(cpp, name), rtol=0, atol=1e-12)
+        assert torch.equal(tri.n_iter.cpu(), cpp.n_iter)

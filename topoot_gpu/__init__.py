@@ -1,15 +1,29 @@
-"""topoot_gpu: persistence-and-transport kernels for TopoOT anomaly segmentation."""
+"""topoot_gpu: persistence-and-transport kernels for TopoOT anomaly segmentation.
 
-from .allocator import keep_freed_memory
-from .head import map_features, train_heads
-from .head_config import HeadConfig
-from .op import RefineConfig, RefineResult, refine
-from .persistence import Diagrams, cubical_persistence
-from .selection import Candidate, Selection, pseudo_labels
-from .selection_config import SelectionConfig
-from .transport import SinkhornResult, best_match, diagram_costs, sinkhorn, stability
+One sub-package per pipeline stage (``persistence``, ``transport``, ``selection``, ``head``,
+``refinement``) over a shared ``core``; each stage's ``api`` module checks its arguments once and
+dispatches through the one backend table (:mod:`topoot_gpu.core.backends`) to one module per
+backend, and its ``reference`` module is the plain GUDHI / POT / PyTorch version everything is
+checked against. The public functions are re-exported here.
+"""
+
+from .core.allocator import keep_freed_memory
+from .core.maps import map_features
+from .head.api import train_heads
+from .head.config import HeadConfig
+from .persistence.api import cubical_persistence
+from .persistence.diagrams import Diagrams
+from .refinement import op as _op  # noqa: F401  (registers torch.ops.topoot.refine)
+from .refinement.api import refine
+from .refinement.config import RefineConfig, RefineResult
+from .selection.api import pseudo_labels
+from .selection.candidates import Candidate, Selection
+from .selection.config import SelectionConfig
+from .transport.api import best_match, best_stability, diagram_costs, sinkhorn, stability
+from .transport.results import BestStability, SinkhornResult
 
 __all__ = [
+    "BestStability",
     "Candidate",
     "Diagrams",
     "HeadConfig",
@@ -19,6 +33,7 @@ __all__ = [
     "SelectionConfig",
     "SinkhornResult",
     "best_match",
+    "best_stability",
     "cubical_persistence",
     "diagram_costs",
     "keep_freed_memory",
@@ -29,4 +44,4 @@ __all__ = [
     "stability",
     "train_heads",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from . import keep_freed_memory, refine
-from ._validation import check_seed
-from .selection import normalise_maps
+from .core.maps import normalise_maps
+from .core.validation import check_seed
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "data" / "sample_maps.npz"
 

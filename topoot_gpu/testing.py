@@ -1,4 +1,5 @@
-"""What tests and benchmarks share: the input dtypes, and generators of maps.
+"""What tests and benchmarks share: devices, dtypes, backends, generators of maps and transport
+problems, the persistence cases, and the CUDA kernels' host emulation.
 
 Generators take a ``numpy.random.Generator`` so that every caller controls (and can print)
 its seed.
@@ -6,8 +7,24 @@ its seed.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import itertools
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from .core import backends
+from .persistence import _cuda
+from .persistence.diagrams import Diagrams
+
+#: Devices the tests run on here: the CPU, and the GPU when there is one.
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 #: Input dtypes every entry point accepts.
 numpy_float_dtypes = [np.float16, np.float32, np.float64]
@@ -106,3 +123,151 @@ persistence_map_kinds = {
 
 #: Map shapes of the persistence parity tests: single pixels, lines, odd and square sizes.
 persistence_shapes = [(1, 1), (1, 9), (9, 1), (2, 2), (3, 7), (17, 5), (32, 32), (41, 64)]
+
+
+#: Every construction and filtration of cubical persistence.
+persistence_cases = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
+
+
+def diagram_rows(d: Diagrams) -> list[tuple]:
+    """Every pair as (image, dim, birth, death, birth pixel, death pixel), sorted: two backends agree
+    exactly when these lists are equal."""
+    return field_rows((d.image, d.dim, d.birth, d.death, d.birth_pixel, d.death_pixel))
+
+
+def field_rows(fields) -> list[tuple]:
+    """:func:`diagram_rows` of the six field arrays of a ``Diagrams``."""
+    return sorted(zip(*(f.tolist() for f in fields)))
+
+
+def persistence_batches(rng: np.random.Generator) -> list[np.ndarray]:
+    """Small batches of every kind the GPU backends are checked on: noise, ties and plateaus,
+    quantised, structured, smooth, constant, 1 x N, N x 1 and a single pixel."""
+    h, w = (int(x) for x in rng.integers(5, 24, size=2))
+    return [
+        rng.random((3, h, w)),  # raw noise: many minima and saddles
+        tied_maps(rng, 3, h, w, levels=int(rng.integers(2, 5))),  # ties and plateaus
+        quantised_maps(rng, 2, h, w, levels=int(rng.integers(3, 30))),
+        np.concatenate([blob_maps(rng, 1, h, w), ring_maps(rng, 1, h, w), scratch_maps(rng, 1, h, w)]),
+        smooth_maps(rng, 2, h, w, sigma=1.5),
+        np.full((2, h, w), rng.normal()),  # constant
+        rng.random((2, 1, int(rng.integers(1, 30)))),  # 1 x N
+        rng.random((2, int(rng.integers(1, 30)), 1)),  # N x 1
+        rng.random((1, 1, 1)),
+    ]
+
+
+def transport_problem(rng: np.random.Generator, n: int, m: int, *, cost: str = "random"):
+    """One problem ``(a, b, M)`` (numpy float64, weights summing to one): random costs, or
+    ``cost="diagram"``: normalised distances between two random diagrams, as TopoOT builds them."""
+    a = rng.random(n) + 0.05
+    b = rng.random(m) + 0.05
+    if cost == "diagram":
+        from .transport.padded import diagram_costs
+
+        M, _, _ = diagram_costs([np.sort(rng.random((n, 2)), 1)], [np.sort(rng.random((m, 2)), 1)])
+        M = M[0].numpy()
+    else:
+        M = rng.random((n, m)) * rng.uniform(0.2, 1.0)
+    return a / a.sum(), b / b.sum(), M
+
+
+def pad_problems(problems, dtype: torch.dtype = torch.float64, pad_to: tuple[int, int] | None = None):
+    """Ragged problems -> padded ``a [B, N], b [B, Mx], M [B, N, Mx]`` (padding weight 0, and junk
+    padding costs, which must not matter)."""
+    N = pad_to[0] if pad_to else max(len(p[0]) for p in problems)
+    Mx = pad_to[1] if pad_to else max(len(p[1]) for p in problems)
+    B = len(problems)
+    a = torch.zeros(B, N, dtype=torch.float64)
+    b = torch.zeros(B, Mx, dtype=torch.float64)
+    M = torch.full((B, N, Mx), 7.5, dtype=torch.float64)
+    for k, (ak, bk, Mk) in enumerate(problems):
+        a[k, : len(ak)] = torch.from_numpy(ak)
+        b[k, : len(bk)] = torch.from_numpy(bk)
+        M[k, : len(ak), : len(bk)] = torch.from_numpy(Mk)
+    return a.to(dtype), b.to(dtype), M.to(dtype)
+
+
+def backends_here(kernel: str) -> list[str]:
+    """The backends of ``kernel`` that run on this machine's devices: all but those whose device is
+    missing (``"cuda"`` and ``"triton"`` without a GPU, except Triton under ``TRITON_INTERPRET=1``
+    and CUDA while its kernels are emulated, :func:`cuda_host_kernels`) or whose extra is not
+    installed."""
+    out = []
+    for name in backends.KERNELS[kernel].backends:
+        if not any(backends.takes(kernel, name, torch.device(d)) for d in devices):
+            continue
+        try:
+            backends.load(kernel, name)
+        except ImportError:
+            continue
+        out.append(name)
+    return out
+
+
+# --- The CUDA kernels on the host ------------------------------------------------------------
+
+
+def build_cuda_host_kernels(directory: Path) -> ctypes.CDLL | None:
+    """Compile ``csrc/cuda/host_emulation.cpp`` around the packaged ``persistence_cuda.cu`` into
+    ``directory``; None if there is no C++ compiler."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        return None
+    (directory / "persistence_cuda.cu").write_text(_cuda.cuda_source())
+    src = directory / "host_emulation.cpp"
+    src.write_text(_cuda.cuda_source("host_emulation.cpp"))
+    lib = directory / "cuda_host.so"
+    cmd = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{directory}", str(src)]
+    subprocess.run([*cmd, "-o", str(lib)], check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(lib))
+
+
+def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None):
+    """A stand-in for ``persistence._cuda._launch`` on CPU tensors: the same grid and block, every
+    launch's threads run in a shuffled order (a fresh seed per launch); names appended to
+    ``launched``."""
+    seeds = itertools.count(1)
+
+    def launch(name: str, n: int, device: torch.device, *args) -> None:
+        if device.type != "cpu":
+            raise ValueError(f"{name}: the host emulation runs on CPU tensors, got {device}")
+        block = _cuda.BLOCK
+        grid = (n + block - 1) // block
+        c_args = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                if not a.is_contiguous():
+                    raise ValueError(f"{name}: a kernel argument is not contiguous")
+                c_args.append(ctypes.c_void_p(a.data_ptr()))
+            elif isinstance(a, np.int32):
+                c_args.append(ctypes.c_int32(int(a)))
+            elif isinstance(a, np.int64):
+                c_args.append(ctypes.c_int64(int(a)))
+            else:
+                raise TypeError(f"{name}: argument of type {type(a)} would not reach the kernel as declared")
+        getattr(lib, f"run_{name}")(ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds)), *c_args)
+        if launched is not None:
+            launched.append(name)
+
+    return launch
+
+
+@contextlib.contextmanager
+def cuda_host_kernels(lib: ctypes.CDLL | None = None, launched: list[str] | None = None) -> Iterator[ctypes.CDLL]:
+    """Run the ``"cuda"`` persistence backend's kernels on the host while inside: its launches go to
+    the source compiled for the host (``lib``, or one built in a temporary folder) and it takes CPU
+    tensors. Everything is restored on exit. Raises ``RuntimeError`` without a C++ compiler."""
+    with contextlib.ExitStack() as stack:
+        if lib is None:
+            lib = build_cuda_host_kernels(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            if lib is None:
+                raise RuntimeError("no C++ compiler (c++ or g++) to build the CUDA kernels for the host")
+        saved = _cuda._launch
+        _cuda._launch = host_launcher(lib, launched)
+        backends.HOST_EMULATED.add("cuda")
+        try:
+            yield lib
+        finally:
+            _cuda._launch = saved
+            backends.HOST_EMULATED.discard("cuda")

@@ -10,7 +10,8 @@
 #include <type_traits>
 #include <string>
 
-#include "basin_merge_cpu.h"
+#include "basin_merge_host.h"
+#include "best_stability_cpu.h"
 #include "head_cpu.h"
 #include "persistence_cpu.h"
 #include "sinkhorn_cpu.h"
@@ -96,7 +97,7 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
   return pack_pairs(pairs);
 }
 
-// The GPU backends' sequential step: the elder rule on the basin graph (basin_merge_cpu.h).
+// The GPU backends' sequential step: the elder rule on the basin graph (basin_merge_host.h).
 py::tuple basin_merge(const Array<int64_t>& offsets, const Array<int64_t>& saddle, const Array<int64_t>& root_a,
                       const Array<int64_t>& root_b, const Array<double>& w_saddle, const Array<double>& w_a,
                       const Array<double>& w_b, int64_t P, bool outside, int64_t dim, double sign, int num_threads) {
@@ -159,10 +160,10 @@ py::tuple sinkhorn_impl(const py::array_t<T, py::array::c_style>& a, const py::a
   return py::make_tuple(plan, log_u, log_v, n_iter, err);
 }
 
-py::tuple diagram_stability(const py::array_t<double, py::array::c_style>& P, const py::array_t<int64_t, py::array::c_style>& p_off,
-                            const py::array_t<double, py::array::c_style>& Q, const py::array_t<int64_t, py::array::c_style>& q_off,
-                            bool diagonal, double reg, int64_t max_iter, double stop_thr, double scaling_limit,
-                            int num_threads) {
+// The selection's transport step (best_stability_cpu.h): ragged points and offsets in.
+py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, const Array<double>& Q,
+                         const Array<int64_t>& q_off, bool diagonal, double reg, int64_t max_iter, double stop_thr,
+                         double scaling_limit, int num_threads) {
   const int64_t B = p_off.shape(0) - 1;
   if (B < 0 || q_off.shape(0) != B + 1) throw std::invalid_argument("p_off, q_off: expected B + 1 offsets each");
   const int64_t np_ = p_off.data()[B], nq = q_off.data()[B];
@@ -177,9 +178,9 @@ py::tuple diagram_stability(const py::array_t<double, py::array::c_style>& P, co
   py::array_t<int64_t> n_iter(B);
   {
     py::gil_scoped_release release;
-    topoot::diagram_stability_batch(P.data(), p_off.data(), Q.data(), q_off.data(), B, diagonal, opt, scaling_limit,
-                                    num_threads, s_row.mutable_data(), c_row.mutable_data(), s_col.mutable_data(),
-                                    c_col.mutable_data(), n_iter.mutable_data());
+    topoot::best_stability_batch(P.data(), p_off.data(), Q.data(), q_off.data(), B, diagonal, opt, scaling_limit,
+                                 num_threads, s_row.mutable_data(), c_row.mutable_data(), s_col.mutable_data(),
+                                 c_col.mutable_data(), n_iter.mutable_data());
   }
   return py::make_tuple(s_row, c_row, s_col, c_col, n_iter);
 }
@@ -278,7 +279,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
   m.def("sinkhorn_stats_f32", &sinkhorn_stats_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"));
   m.def("sinkhorn_stats_f64", &sinkhorn_stats_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"));
-  m.def("diagram_stability", &diagram_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
+  m.def("best_stability", &best_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
         py::arg("diagonal"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("scaling_limit"),
         py::arg("num_threads"));
   m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),

@@ -39,46 +39,17 @@ namespace {
 // entries are 4-adjacent; the odd entries are p's 4-neighbours.
 constexpr int kRing = 8;
 
-// local_components[conn8][mask]: number of connected components, inside the
+// count[conn8][mask]: number of connected components, inside the
 // ring, of the lower neighbours `mask` that touch p. 8-connectivity: ring
 // neighbours and the four 4-neighbour pairs N-E, E-S, S-W, W-N (diagonal) are
 // adjacent. 4-connectivity: ring neighbours are adjacent and only components
 // holding a 4-neighbour of p count.
-// first[conn8][mask]: the ring entry that becomes p's parent (kRing when no
-// lower neighbour is adjacent to p: p is a minimum). Any lower neighbour is
-// exact: it is in p's component at every later time, and the pairs depend
-// only on the order, not on the forest's shape. The middle of the longest run
-// of lower neighbours points roughly down the gradient on smooth maps, which
-// keeps the chains that finds walk short, for the price of a table lookup.
+// first[conn8][mask]: the ring entry that becomes p's parent, the first admissible lower
+// neighbour in ring order (kRing when no lower neighbour is adjacent to p: p is a minimum). Any
+// lower neighbour is exact: it is in p's component at every later time, and the pairs depend
+// only on the order, not on the forest's shape.
 // reps[conn8][mask]: one ring entry per such component (a bit each), the
 // only neighbours a merge needs to look up.
-inline uint8_t descent_entry(int mask, int conn8) {
-  if (mask == 0xFF) return conn8 ? 0 : 1;
-  int start = 0;  // a clear bit, so that runs do not wrap around it
-  while (mask >> start & 1) ++start;
-  int best = kRing, best_len = 0;
-  for (int k = 1, len = 0; k <= kRing; ++k) {
-    const int e = (start + k) % kRing;
-    if (mask >> e & 1) {
-      ++len;
-      continue;
-    }
-    // A run of `len` entries ended just before e. Its admissible entries
-    // (4-neighbours only under 4-connectivity); keep the middle one.
-    int adm[kRing], n = 0;
-    for (int t = len; t >= 1; --t) {
-      const int q = (e - t + kRing) % kRing;
-      if (conn8 || q % 2 == 1) adm[n++] = q;
-    }
-    if (n > 0 && len > best_len) {
-      best_len = len;
-      best = adm[n / 2];
-    }
-    len = 0;
-  }
-  return static_cast<uint8_t>(best);
-}
-
 struct LocalTables {
   std::array<std::array<uint8_t, 256>, 2> count{}, first{}, reps{};
   LocalTables() {
@@ -112,7 +83,6 @@ struct LocalTables {
           }
         }
         count[conn8][mask] = static_cast<uint8_t>(c);
-        first[conn8][mask] = descent_entry(mask, conn8);
         first[conn8][mask] = kRing;
         for (int k = kRing - 1; k >= 0; --k) {
           if ((mask >> k & 1) && (conn8 || k % 2 == 1)) first[conn8][mask] = static_cast<uint8_t>(k);

@@ -21,14 +21,6 @@
 namespace topoot {
 namespace {
 
-template <typename T>
-struct Scratch {
-  std::vector<int64_t> rows, cols;
-  std::vector<T> a, b, K, Kp, u, v, u_prev, v_prev, col, mx;
-  // diagram_stability_batch's own problem, solved through solve_problem.
-  std::vector<T> wa, wb, cost, plan, lu, lv;
-};
-
 // Dot product with eight independent partial sums: the compiler may not
 // reorder a floating-point reduction itself, and a single accumulator chains
 // every add on the previous one.
@@ -59,7 +51,7 @@ TOPOOT_INLINE T column_error(const T* K, const T* u, const T* v, const T* b, int
 }
 
 template <typename T>
-TOPOOT_INLINE void solve_scaling(Scratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
+TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
   T* K = s.K.data();
   T* Kp = s.Kp.data();
   T* u = s.u.data();
@@ -106,7 +98,7 @@ TOPOOT_INLINE void solve_scaling(Scratch<T>& s, int64_t nr, int64_t mc, const Si
 }
 
 template <typename T>
-TOPOOT_INLINE void solve_log(Scratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
+TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
   const T* Mr = s.K.data();  // holds -M / reg in the log domain
   T* u = s.u.data();
   T* v = s.v.data();
@@ -159,7 +151,7 @@ TOPOOT_INLINE void solve_log(Scratch<T>& s, int64_t nr, int64_t mc, const Sinkho
 // One problem, start to finish: gather its real rows and columns, iterate,
 // scatter the plan and scalings back into the padded outputs.
 template <typename T>
-TOPOOT_INLINE void solve_problem(Scratch<T>& s, const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m,
+TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m,
                           const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
   std::fill(Pk, Pk + n * m, T(0));
@@ -214,101 +206,30 @@ TOPOOT_INLINE void solve_problem(Scratch<T>& s, const T* ak, const T* bk, const 
   }
 }
 
-TOPOOT_TARGET_CLONES void solve_problem_f32(Scratch<float>& s, const float* ak, const float* bk, const float* Mk,
+}  // namespace
+
+TOPOOT_TARGET_CLONES void sinkhorn_problem_f32(SinkhornScratch<float>& s, const float* ak, const float* bk, const float* Mk,
                                             int64_t n, int64_t m, const SinkhornOptions& opt, float* Pk, float* luk,
                                             float* lvk, int64_t& niter, float& errk) {
   solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
 }
-TOPOOT_TARGET_CLONES void solve_problem_f64(Scratch<double>& s, const double* ak, const double* bk, const double* Mk,
+TOPOOT_TARGET_CLONES void sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* ak, const double* bk, const double* Mk,
                                             int64_t n, int64_t m, const SinkhornOptions& opt, double* Pk,
                                             double* luk, double* lvk, int64_t& niter, double& errk) {
   solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
 }
 
-}  // namespace
-
 template <typename T>
 void sinkhorn_batch(const T* a, const T* b, const T* M, int64_t B, int64_t n, int64_t m,
                     const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
                     int64_t* n_iter, T* err) {
-  parallel_for<Scratch<T>>(B, num_threads, [&](Scratch<T>& s, int64_t k) {
+  parallel_for<SinkhornScratch<T>>(B, num_threads, [&](SinkhornScratch<T>& s, int64_t k) {
     if constexpr (sizeof(T) == 4) {
-      solve_problem_f32(s, a + k * n, b + k * m, M + k * n * m, n, m, opt, plan + k * n * m, log_u + k * n,
-                        log_v + k * m, n_iter[k], err[k]);
+      sinkhorn_problem_f32(s, a + k * n, b + k * m, M + k * n * m, n, m, opt, plan + k * n * m, log_u + k * n,
+                           log_v + k * m, n_iter[k], err[k]);
     } else {
-      solve_problem_f64(s, a + k * n, b + k * m, M + k * n * m, n, m, opt, plan + k * n * m, log_u + k * n,
-                        log_v + k * m, n_iter[k], err[k]);
-    }
-  });
-}
-
-void diagram_stability_batch(const double* P, const int64_t* p_off, const double* Q, const int64_t* q_off,
-                             int64_t B, bool diagonal, const SinkhornOptions& opt, double scaling_limit,
-                             int num_threads, double* s_row, double* c_row, double* s_col, double* c_col,
-                             int64_t* n_iter) {
-  parallel_for<Scratch<double>>(B, num_threads, [&](Scratch<double>& s, int64_t k) {
-    const int64_t n = p_off[k + 1] - p_off[k], m = q_off[k + 1] - q_off[k];
-    const double* Pk = P + 2 * p_off[k];
-    const double* Qk = Q + 2 * q_off[k];
-    n_iter[k] = 0;
-    if (n == 0 || m == 0) return;
-    const int64_t nr = diagonal ? n + 1 : n, mc = diagonal ? m + 1 : m;
-    s.wa.assign(nr, 0.0);
-    s.wb.assign(mc, 0.0);
-    s.cost.assign(nr * mc, 0.0);
-    double* M = s.cost.data();
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < m; ++j) {
-        const double dl = Pk[2 * i] - Qk[2 * j], dh = Pk[2 * i + 1] - Qk[2 * j + 1];
-        M[i * mc + j] = dl * dl + dh * dh;
-      }
-    }
-    if (diagonal) {  // paper text: the diagonal as an extra last row and column
-      for (int64_t i = 0; i < n; ++i) M[i * mc + m] = (Pk[2 * i + 1] - Pk[2 * i]) * (Pk[2 * i + 1] - Pk[2 * i]) / 2;
-      for (int64_t j = 0; j < m; ++j) M[n * mc + j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
-      for (int64_t i = 0; i < n; ++i) s.wa[i] = 1.0 / static_cast<double>(n + m);
-      for (int64_t j = 0; j < m; ++j) s.wb[j] = 1.0 / static_cast<double>(n + m);
-      s.wa[n] = static_cast<double>(m) / static_cast<double>(n + m);
-      s.wb[m] = static_cast<double>(n) / static_cast<double>(n + m);
-    } else {  // released: squared Euclidean distances over the largest one
-      double dmax = 0;
-      for (int64_t e = 0; e < n * m; ++e) dmax = std::max(dmax, std::sqrt(M[e]));
-      for (int64_t e = 0; e < n * m; ++e) {
-        const double r = std::sqrt(M[e]) / (dmax + 1e-12);
-        M[e] = r * r;
-      }
-      for (int64_t i = 0; i < n; ++i) s.wa[i] = 1.0 / static_cast<double>(n);
-      for (int64_t j = 0; j < m; ++j) s.wb[j] = 1.0 / static_cast<double>(m);
-    }
-    double worst = 0;
-    for (int64_t e = 0; e < nr * mc; ++e) worst = std::max(worst, std::abs(M[e]));
-    SinkhornOptions o = opt;
-    o.log_domain = worst / opt.reg > scaling_limit;
-    s.plan.resize(nr * mc);
-    s.lu.resize(nr);
-    s.lv.resize(mc);
-    double err = 0;
-    solve_problem_f64(s, s.wa.data(), s.wb.data(), M, nr, mc, o, s.plan.data(), s.lu.data(), s.lv.data(), n_iter[k],
-                      err);
-    const double* plan = s.plan.data();
-    double* sr = s_row + p_off[k];
-    double* cr = c_row + p_off[k];
-    double* sc = s_col + q_off[k];
-    double* cc = c_col + q_off[k];
-    for (int64_t i = 0; i < n; ++i) sr[i] = -1;
-    for (int64_t j = 0; j < m; ++j) sc[j] = -1;
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < m; ++j) {
-        const double Sij = plan[i * mc + j] / (1.0 + std::sqrt(std::max(M[i * mc + j], 0.0)));
-        if (Sij > sr[i]) {  // strict: the first maximum wins, as argmax
-          sr[i] = Sij;
-          cr[i] = M[i * mc + j];
-        }
-        if (Sij > sc[j]) {
-          sc[j] = Sij;
-          cc[j] = M[i * mc + j];
-        }
-      }
+      sinkhorn_problem_f64(s, a + k * n, b + k * m, M + k * n * m, n, m, opt, plan + k * n * m, log_u + k * n,
+                           log_v + k * m, n_iter[k], err[k]);
     }
   });
 }

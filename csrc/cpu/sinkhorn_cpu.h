@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace topoot {
 
@@ -20,16 +21,20 @@ void sinkhorn_batch(const T* a, const T* b, const T* M, int64_t B, int64_t n, in
                     const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
                     int64_t* n_iter, T* err);
 
-// For B pairs of diagrams (ragged: problem k has points P[p_off[k]:p_off[k+1]]
-// and Q[q_off[k]:q_off[k+1]], (low, high) rows, float64): the SPEC 3 costs
-// (normalized, or with the diagonal), the entropic plan (scaling domain when
-// max |M| / reg <= scaling_limit, else log domain), the stabilities
-// S = G / (1 + sqrt(max(M, 0))), and for every point its best stability over
-// the real points of the other diagram and the cost there (first maximum on
-// ties). Nothing [B, n, m]-sized is ever materialised.
-void diagram_stability_batch(const double* P, const int64_t* p_off, const double* Q, const int64_t* q_off,
-                             int64_t B, bool diagonal, const SinkhornOptions& opt, double scaling_limit,
-                             int num_threads, double* s_row, double* c_row, double* s_col, double* c_col,
-                             int64_t* n_iter);
+// Per-thread buffers of the solver: a problem's real rows and columns, copied compactly.
+template <typename T>
+struct SinkhornScratch {
+  std::vector<int64_t> rows, cols;
+  std::vector<T> a, b, K, Kp, u, v, u_prev, v_prev, col, mx;
+};
+
+// One padded problem start to finish (a [n], b [m], M [n, m]; zero weights are padding): plan
+// [n, m], log_u [n], log_v [m], n_iter and err as in sinkhorn_batch. The domain is opt.log_domain.
+void sinkhorn_problem_f32(SinkhornScratch<float>& s, const float* a, const float* b, const float* M, int64_t n,
+                          int64_t m, const SinkhornOptions& opt, float* plan, float* log_u, float* log_v,
+                          int64_t& n_iter, float& err);
+void sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* a, const double* b, const double* M, int64_t n,
+                          int64_t m, const SinkhornOptions& opt, double* plan, double* log_u, double* log_v,
+                          int64_t& n_iter, double& err);
 
 }  // namespace topoot

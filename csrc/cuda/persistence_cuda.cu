@@ -1,6 +1,6 @@
-// The data-parallel passes of the GPU persistence backend (topoot_gpu/persistence_gpu.py), one
+// The data-parallel passes of the GPU persistence backend (topoot_gpu/persistence/_basins.py), one
 // thread per pixel of a batch [B, H, W] stored as w [B, P] (P = H * W) in the pass order's units
-// (w = value, negated for a descending pass). The same passes as persistence_triton.py:
+// (w = value, negated for a descending pass). The same passes as topoot_gpu/persistence/_triton.py:
 //   descent:  parent[b, p] = the earliest of p and its neighbours in the order (w, index); in the
 //             dual pass (outside != 0) border pixels point at the outside node P;
 //   jump:     parent[x] = parent[parent[x]] in place until a launch changes nothing (any ancestor

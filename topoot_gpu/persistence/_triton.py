@@ -1,4 +1,5 @@
-"""The data-parallel passes of the GPU persistence backend, in Triton (see ``persistence_gpu.py``).
+"""The ``"triton"`` backend of cubical persistence: the basin algorithm (:mod:`._basins`) with its
+data-parallel passes in Triton.
 
 Three kernels over the pixels of a batch ``[B, H, W]``, each pixel independent:
 
@@ -16,13 +17,18 @@ imported), which is how CI tests it.
 
 from __future__ import annotations
 
+import sys
+from functools import partial
+
 import torch
+
+from ._basins import basin_persistence
 
 try:
     import triton
     import triton.language as tl
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("backend='triton' needs triton: pip install triton") from e
+    raise ImportError("backend='triton' needs Triton: pip install 'topoot_gpu[triton]'") from e
 
 BLOCK = 256
 
@@ -119,3 +125,7 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
     _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, ND=nd, BLOCK=BLOCK)
     return saddle
+
+
+#: The backend's entry (:mod:`topoot_gpu.persistence.api`): the basin algorithm with these kernels.
+cubical_persistence = partial(basin_persistence, kernels=sys.modules[__name__])

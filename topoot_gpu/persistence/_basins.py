@@ -1,6 +1,9 @@
-"""Cubical persistence on the GPU: basins in parallel, the elder rule on the small basin graph.
+"""The basin algorithm shared by the ``"cuda"`` and ``"triton"`` persistence backends: basins in
+parallel, the elder rule on the small basin graph. Backend-neutral torch code (CI runs it on CPU
+tensors, with the Triton interpreter or the CUDA source compiled for the host); the kernels come
+from the backend's module (``descent``, ``jump``, ``boundary``).
 
-Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence`) of a batch ``[B, H, W]``:
+Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence.api`) of a batch ``[B, H, W]``:
 
 1. ``descent``: every pixel points at its lowest neighbour in the strict pass order ``(w, index)``
    (``w`` = the value, negated for a descending pass), a local minimum at itself; in the dual pass
@@ -9,13 +12,11 @@ Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence`) of a batch 
    steepest-descent path reaches);
 3. ``boundary``: every neighbour pair that crosses two basins gives an edge whose saddle is the
    later of its two pixels;
-4. the basin graph (torch ops on the device, :func:`_basin_graph`): the lowest saddle of each pair
+4. the basin graph (torch ops on the device, :func:`basin_graph`): the lowest saddle of each pair
    of adjacent basins (a segmented minimum), sorted in saddle order;
 5. the elder rule (Kruskal's union-find) along those edges, in C++ on the host
-   (``csrc/cpu/basin_merge_cpu.cpp``): only the basin graph travels, not the maps. Measured counts
-   per 224x224 map (8-connected H0, ``benchmarks/basin_stats.py``): smooth maps (sigma 4) 163
-   minima, 16,090 crossing pairs, 442 basin-graph edges; raw noise 5,638 minima, 90,616 pairs,
-   17,504 edges.
+   (``csrc/cpu/basin_merge_host.cpp``): only the basin graph travels, not the maps. How small the
+   graph is on smooth and noisy maps: ``benchmarks/basin_stats.py`` and its results.
 
 Exact: the component of a pixel in the sublevel set of any level is a union of basins (a pixel's
 descent path stays below it), and two basins are joined at the lowest saddle of a chain of
@@ -35,10 +36,12 @@ from types import ModuleType
 import numpy as np
 import torch
 
-# Pixels per chunk of the batch: a pass peaks at about 250-290 bytes per pixel on raw noise
-# (parents, four saddle slots, the crossing pairs and their sort; benchmarks/basin_stats.py, CPU
-# tensors, 8-connected H0 pass), so a chunk stays under 10 GB while still filling the GPU (2**25
-# pixels: 668 maps of 224x224, 128 of 512x512).
+from .. import _C
+
+# Pixels per chunk of the batch: a pass holds parents, four saddle slots, the crossing pairs and
+# their sort (peak bytes per pixel: benchmarks/basin_stats.py and its results), so a chunk stays
+# far below a GPU's memory while still filling it (2**25 pixels: 668 maps of 224x224, 128 of
+# 512x512).
 CHUNK_PIXELS = 1 << 25
 
 
@@ -114,8 +117,18 @@ STAGES = ("descent", "jump", "boundary", "basin_graph", "to_host", "merge")
 def _pass(
     w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels, num_threads, on_stage
 ):
-    from . import _C
+    offsets, *edges = basin_edges(w, H, W, conn8, outside, kernels, on_stage)
+    pairs = _C.basin_merge(offsets, *edges, w.shape[1], outside, dim, sign, num_threads)
+    if on_stage is not None:
+        on_stage("merge")
+    return pairs
 
+
+def basin_edges(
+    w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, kernels: ModuleType, on_stage=None
+) -> tuple[np.ndarray, ...]:
+    """Steps 1-4 of one pass on ``w [B, P]`` (pass-order values): the host arrays that
+    ``_C.basin_merge`` takes, ``(offsets, saddle, root_a, root_b, w_saddle, w_a, w_b)``."""
     stage = on_stage or (lambda name: None)
     B, P = w.shape
     parent = kernels.descent(w, H, W, conn8, outside)
@@ -128,15 +141,13 @@ def _pass(
     if bool((saddle < -1).any()):
         raise RuntimeError("boundary left entries unwritten")
     stage("boundary")
-    image, s, lo, hi = _basin_graph(w, saddle, root, W, conn8)
+    image, s, lo, hi = basin_graph(w, saddle, root, W, conn8)
     edges = (s, lo, hi, _w_at(w, image, s), _w_at(w, image, lo), _w_at(w, image, hi))
     offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device))
     stage("basin_graph")
-    offsets, *host = (t.cpu().numpy() for t in (offsets, *edges))
+    host = tuple(t.cpu().numpy() for t in (offsets, *edges))
     stage("to_host")
-    pairs = _C.basin_merge(offsets, *host, P, outside, dim, sign, num_threads)
-    stage("merge")
-    return pairs
+    return host
 
 
 def _w_at(w: torch.Tensor, image: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
@@ -145,7 +156,7 @@ def _w_at(w: torch.Tensor, image: torch.Tensor, node: torch.Tensor) -> torch.Ten
     return torch.where(node == P, float("-inf"), w[image, node.clamp(max=P - 1)].double())
 
 
-def _basin_graph(w: torch.Tensor, saddle: torch.Tensor, root: torch.Tensor, W: int, conn8: bool):
+def basin_graph(w: torch.Tensor, saddle: torch.Tensor, root: torch.Tensor, W: int, conn8: bool):
     """The basin graph's edges, on the device, in Kruskal's order: ``(image, s, lo, hi)``, with
     ``lo < hi`` two adjacent basins (their roots; ``P`` is the outside node) and ``s`` the lowest
     saddle between them, sorted by image, then by ``s`` in the pass order ``(w, index)``.

@@ -1,4 +1,4 @@
-#include "basin_merge_cpu.h"
+#include "basin_merge_host.h"
 
 #include <utility>
 

@@ -1,49 +1,52 @@
-"""The data-parallel passes of the GPU persistence backend in CUDA C++ (``csrc/cuda/persistence_cuda.cu``).
+"""The ``"cuda"`` backend of cubical persistence: the basin algorithm (:mod:`._basins`) with its
+data-parallel passes in CUDA C++ (``csrc/cuda/persistence_cuda.cu``).
 
 The source is compiled at run time by NVRTC through CuPy's ``RawModule`` (cached by CuPy), torch
 tensors are handed to the kernels without a copy (``__cuda_array_interface__``), and every launch
 goes to torch's current stream. CuPy checks each launch's return code; a fault inside a kernel
 surfaces at the next synchronisation, at the latest when the edges are copied to the host.
-Same functions and results as :mod:`topoot_gpu.persistence_triton`.
+Same functions and results as :mod:`topoot_gpu.persistence._triton`.
 
-Every launch goes through :func:`_launch`, the one place that needs CuPy: the tests replace it with
-the same source compiled for the host (``tests/cuda_host_emulation.cpp``), so the kernels' logic
-and these wrappers are tested without a GPU.
+Every launch goes through :func:`_launch`, the one place that needs CuPy:
+:func:`topoot_gpu.testing.cuda_host_kernels` replaces it with the same source compiled for the
+host (``csrc/cuda/host_emulation.cpp``), so the kernels' logic and these wrappers are tested
+without a GPU.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import sys
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..core import backends
+from ._basins import basin_persistence
+
 BLOCK = 256
 
 
 def _cupy():
-    try:
-        import cupy
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("backend='cuda' needs CuPy for CUDA 13: pip install cupy-cuda13x") from e
-    return cupy
+    return backends.require("cupy", "cuda", "cupy-cuda13x, or cupy-cuda12x for CUDA 12")
 
 
-def _source() -> str:
-    """The kernel source: shipped in the package (``cuda/``) or read from a source checkout."""
-    here = Path(__file__).resolve().parent
-    for path in (here / "cuda" / "persistence_cuda.cu", here.parent / "csrc" / "cuda" / "persistence_cuda.cu"):
+def cuda_source(name: str = "persistence_cuda.cu") -> str:
+    """A file of ``csrc/cuda/``: shipped in the package (``topoot_gpu/cuda/``) or read from a source
+    checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for path in (package / "cuda" / name, package.parent / "csrc" / "cuda" / name):
         if path.is_file():
             return path.read_text()
-    raise FileNotFoundError("persistence_cuda.cu: not found in the package nor in a source checkout")
+    raise FileNotFoundError(f"{name}: not found in the package nor in a source checkout")
 
 
 @cache
 def _module(device: int):
     cupy = _cupy()
     with cupy.cuda.Device(device):
-        return cupy.RawModule(code=_source(), options=("-std=c++17",))
+        return cupy.RawModule(code=cuda_source(), options=("-std=c++17",))
 
 
 def _launch(name: str, n: int, device: torch.device, *args) -> None:
@@ -58,9 +61,7 @@ def _launch(name: str, n: int, device: torch.device, *args) -> None:
 
 
 def _suffix(w: torch.Tensor) -> str:
-    if w.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"maps: expected float32 or float64 on the GPU, got {w.dtype}")
-    return "f32" if w.dtype == torch.float32 else "f64"
+    return backends.entry("cubical_persistence", "cuda", w.dtype)
 
 
 def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torch.Tensor:
@@ -97,3 +98,7 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
         w, root, saddle, np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),
     )  # fmt: skip
     return saddle
+
+
+#: The backend's entry (:mod:`topoot_gpu.persistence.api`): the basin algorithm with these kernels.
+cubical_persistence = partial(basin_persistence, kernels=sys.modules[__name__])

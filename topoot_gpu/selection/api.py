@@ -1,9 +1,11 @@
 """Pseudo-labels: the released TopoOT selection (SPEC 4), batched.
 
-For a batch of maps: every level map of every image goes through the persistence core in one
-call per filtration; every transport problem of the batch goes through one :func:`sinkhorn` call
-per step (all intra-filtration comparisons, then all cross-filtration ones); ranking and
-back-projection are vectorised over the batch. :func:`topoot_gpu.reference.pseudo_label` is the
+For a batch of maps: every level map of every image goes through
+:func:`topoot_gpu.cubical_persistence` in one call per filtration; every transport problem of the
+batch goes through one :func:`topoot_gpu.best_stability` call per step (all intra-filtration
+comparisons, then all cross-filtration ones); ranking and back-projection are vectorised over the
+batch. Both calls take the backends given to :func:`pseudo_labels`, so every backend of those
+stages is reachable from here. :func:`topoot_gpu.selection.reference.released_pseudo_label` is the
 same computation written plainly for one map with GUDHI and POT.
 
 Choices where the SPEC is silent (also in the reference):
@@ -26,75 +28,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_map_batch, check_choice, check_config, check_threads
-from .persistence import cubical_persistence
-from .selection_config import SelectionConfig
-from .transport import SCALING_LIMIT
+from ..core import backends
+from ..core.maps import normalise_maps, quantised_level_maps
+from ..core.validation import MapBatch, check_config, check_maps, check_threads
+from ..persistence.api import cubical_persistence
+from ..transport.api import best_stability
+from .candidates import Candidate, Selection
+from .config import SelectionConfig
 
-BACKENDS = ("auto", "cpu", "reference")
 FILTRATIONS = ("sublevel", "superlevel")
 TIE = 1e-12  # SPEC 4.3: stabilities within this are a tie
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """The chosen structure of one image.
+class _Backends:
+    """The resolved persistence and transport backends of one selection and where each runs."""
 
-    ``low``/``high`` are (saddle level, peak level) in units of the normalised map; the pair's
-    birth and death pixels are flat indices into the level map it came from (``level``: index
-    into the level maps, the unquantised map last).
-    """
-
-    filtration: str
-    dim: int
-    low: float
-    high: float
-    birth_pixel: int
-    death_pixel: int
-    level: int
-    stability: float
-    cost: float
-    score: float
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Pseudo-labels of a batch.
-
-    Attributes:
-        labels: bool ``[B, H, W]`` (``[H, W]`` for one map), numpy or torch and on the device of
-            the input.
-        candidates: per image, the first-ranked :class:`Candidate`, or None.
-        thresholds: float64 ``[B]``, the back-projection threshold ``max(0, high - delta)`` of
-            the first-ranked candidate (NaN without one).
-    """
-
-    labels: Any
-    candidates: list[Candidate | None]
-    thresholds: np.ndarray
-
-
-def normalise_maps(a: np.ndarray) -> np.ndarray:
-    """Per image ``(A - min) / (max - min)`` in float64; constant images become zeros."""
-    a = a.astype(np.float64)
-    lo = a.min(axis=(1, 2), keepdims=True)
-    hi = a.max(axis=(1, 2), keepdims=True)
-    span = hi - lo
-    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
-
-
-def quantised_level_maps(a: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
-    """``[B, len(levels) + 1, H, W]``: each ``k`` gives ``round((a - min) / s) * s + min``,
-    ``s = (max - min) / (k - 1)``, round half to even (``k <= 1`` or a constant map: ``a``); the map
-    itself last."""
-    lo = a.min(axis=(1, 2), keepdims=True)
-    hi = a.max(axis=(1, 2), keepdims=True)
-    out = []
-    for k in levels:
-        s = (hi - lo) / (k - 1) if k > 1 else np.ones_like(lo)
-        q = np.round((a - lo) / np.where(s > 0, s, 1.0)) * s + lo
-        out.append(np.where((k > 1) & (hi > lo), q, a))
-    return np.stack(out + [a], axis=1)
+    persistence: str
+    persistence_device: torch.device
+    transport: str
+    transport_device: torch.device
 
 
 @dataclass
@@ -119,11 +72,15 @@ class _Table:
         return self.high - self.low
 
 
-def _candidates(levels: np.ndarray, filtration: str, dims: tuple[int, ...], config: SelectionConfig) -> _Table:
+def _candidates(
+    levels: np.ndarray, filtration: str, dims: tuple[int, ...], config: SelectionConfig, run: _Backends
+) -> _Table:
     B, L = levels.shape[:2]
+    flat = levels.reshape(B * L, *levels.shape[2:])
     d = cubical_persistence(
-        levels.reshape(B * L, *levels.shape[2:]), filtration=filtration, construction=config.construction, dims=dims
-    )
+        torch.from_numpy(flat).to(run.persistence_device), filtration=filtration, construction=config.construction,
+        dims=dims, backend=run.persistence,
+    )  # fmt: skip
     keep = d.death_pixel >= 0  # finite pairs only
     image, level = np.divmod(d.image[keep], L)
     b, e = d.birth[keep], d.death[keep]
@@ -166,43 +123,21 @@ def _ragged(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return starts[prob] + np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
-@dataclass
-class _Side:
-    """One side (P or Q) of a batch of transport problems: the points of every problem, problem
-    after problem, and the problems' sizes."""
-
-    pts: np.ndarray
-    sizes: np.ndarray
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-
-
-def _best_stabilities(P: _Side, Q: _Side, config: SelectionConfig):
-    """Solve every problem (P_k, Q_k) in one batched call of the C++ core (SPEC 3 costs, POT's
-    Sinkhorn iterates, the domain chosen per problem as :func:`sinkhorn` chooses it per batch);
-    return, for every point of P, its best stability over its row and the cost there, and the
-    same for every point of Q over its column (SPEC 4.3 and 4.5). Nothing padded to the largest
-    problem is built."""
-    from . import _C
-
-    s_row, c_row, s_col, c_col, _ = _C.diagram_stability(
-        np.ascontiguousarray(P.pts, dtype=np.float64),
-        P.offsets,
-        np.ascontiguousarray(Q.pts, dtype=np.float64),
-        Q.offsets,
-        config.cost == "diagonal",
-        float(config.reg),
-        int(config.max_iter),
-        float(config.stop_thr),
-        SCALING_LIMIT[torch.float64],
-        check_threads(None),
-    )
-    return (s_row, c_row), (s_col, c_col)
+def _best_stabilities(P: np.ndarray, p_sizes: np.ndarray, Q: np.ndarray, q_sizes: np.ndarray, config, run: _Backends):
+    """Every problem ``(P_k, Q_k)`` of a step in one :func:`topoot_gpu.best_stability` call: for every
+    point of P its best stability over its row and the cost there, and the same for every point of
+    Q over its column (SPEC 4.3 and 4.5), as host arrays."""
+    dev = run.transport_device
+    res = best_stability(
+        torch.from_numpy(np.ascontiguousarray(P)).to(dev), torch.from_numpy(p_sizes).to(dev),
+        torch.from_numpy(np.ascontiguousarray(Q)).to(dev), torch.from_numpy(q_sizes).to(dev), cost=config.cost,
+        reg=config.reg, max_iter=config.max_iter, stop_thr=config.stop_thr, backend=run.transport,
+        num_threads=check_threads(None),
+    )  # fmt: skip
+    return (res.s_row.cpu().numpy(), res.c_row.cpu().numpy()), (res.s_col.cpu().numpy(), res.c_col.cpu().numpy())
 
 
-def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig) -> None:
+def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig, run: _Backends) -> None:
     """SPEC 4.3: the comparisons of every pair of level maps k < l, both filtrations, all images,
     in one solver call; then the best-stability updates, comparison by comparison in order (a
     candidate's comparisons are ordered by (k, l); images are independent)."""
@@ -227,9 +162,11 @@ def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig) -
     if not jobs:
         return
     pts = {f: np.stack([t.low, t.high], 1) for f, t in tables.items()}
-    P = _Side(np.concatenate([pts[f][rk] for f, rk, _, _, _ in jobs]), np.concatenate([nk for _, _, nk, _, _ in jobs]))
-    Q = _Side(np.concatenate([pts[f][rl] for f, _, _, rl, _ in jobs]), np.concatenate([nl for _, _, _, _, nl in jobs]))
-    (s_row, c_row), (s_col, c_col) = _best_stabilities(P, Q, config)
+    (s_row, c_row), (s_col, c_col) = _best_stabilities(
+        np.concatenate([pts[f][rk] for f, rk, _, _, _ in jobs]), np.concatenate([nk for _, _, nk, _, _ in jobs]),
+        np.concatenate([pts[f][rl] for f, _, _, rl, _ in jobs]), np.concatenate([nl for _, _, _, _, nl in jobs]),
+        config, run,
+    )  # fmt: skip
     ro = co = 0
     for f, rk, _, rl, _ in jobs:
         t = tables[f]
@@ -258,51 +195,56 @@ def _rank(group: np.ndarray, n_groups: int, S: np.ndarray, C: np.ndarray, pers: 
     return np.lexsort((-pers, C, -S, -score, group)), score
 
 
-def pseudo_labels(maps: Any, *, config: SelectionConfig | None = None, backend: str = "auto") -> Selection:
+def pseudo_labels(
+    maps: Any,
+    *,
+    config: SelectionConfig | None = None,
+    persistence_backend: str = "auto",
+    transport_backend: str = "auto",
+) -> Selection:
     """Pseudo-labels of a batch of anomaly maps, the released TopoOT selection (SPEC 4).
 
     Args:
-        maps: ``[B, H, W]`` or ``[H, W]``, numpy or torch, any floating dtype, finite.
+        maps: ``[B, H, W]`` or ``[H, W]``, numpy or torch (CPU or CUDA), any floating dtype, finite.
         config: a :class:`SelectionConfig` (defaults: the released implementation).
-        backend: ``"auto"``/``"cpu"`` (the C++ persistence core and batched Sinkhorn),
-            ``"reference"`` (:func:`topoot_gpu.reference.pseudo_label` map by map; test extra).
+        persistence_backend: the backend of :func:`topoot_gpu.cubical_persistence` that computes the
+            level maps' diagrams (``"auto"``, ``"cpp"``, ``"cuda"``, ``"triton"``, ``"reference"``).
+        transport_backend: the backend of :func:`topoot_gpu.best_stability` that solves the
+            transport steps (``"auto"``, ``"cpp"``, ``"torch"``, ``"triton"``, ``"reference"``).
+            Each backend runs on the maps' device (``"auto"``: see :mod:`topoot_gpu.core.backends`);
+            one that does not take it raises a ``ValueError``.
 
     Returns:
         A :class:`Selection`: bool labels on the input's device and kind, the chosen candidate
-        and the threshold of each image.
+        and the threshold of each image. :func:`topoot_gpu.selection.reference.pseudo_labels` is
+        the same computation with GUDHI and POT, map by map.
     """
     config = check_config(config, SelectionConfig)
-    check_choice("backend", backend, BACKENDS)
-    batch = as_map_batch(maps)
-    a = normalise_maps(batch.array)
-    if backend == "reference":
-        labels, candidates, thresholds = _reference(a, config)
-    else:
-        labels, candidates, thresholds = _select(a, config)
-    if batch.squeezed:
-        labels = labels[0]
-    if batch.is_torch:
-        labels = torch.from_numpy(labels).to(batch.device)
-    return Selection(labels, candidates, thresholds)
+    run = resolve_backends(persistence_backend, transport_backend, _device_of(maps))
+    batch = check_maps(maps)
+    labels, candidates, thresholds = select(batch, config, run)
+    return Selection(batch.to_caller(labels), candidates, thresholds)
 
 
-def _reference(a: np.ndarray, config: SelectionConfig):
-    from .reference import pseudo_label
-
-    labels, cands, thr = [], [], []
-    for img in a:
-        label, c = pseudo_label(img, config)
-        labels.append(label)
-        if c is None:
-            cands.append(None)
-            thr.append(np.nan)
-            continue
-        cands.append(Candidate(c["filtration"], -1, c["low"], c["high"], -1, -1, -1, c["S"], c["C"], c["score"]))
-        thr.append(max(0.0, c["high"] - config.delta(c["filtration"])))
-    return np.stack(labels), cands, np.array(thr)
+def _device_of(maps: Any) -> torch.device:
+    return maps.device if isinstance(maps, torch.Tensor) else torch.device("cpu")
 
 
-def _select(a: np.ndarray, config: SelectionConfig):
+def resolve_backends(persistence_backend: str, transport_backend: str, device: torch.device) -> _Backends:
+    """The selection's two backends for maps on ``device`` (``ValueError`` naming the argument)."""
+    persistence = backends.resolve("cubical_persistence", persistence_backend, device, "persistence_backend")
+    transport = backends.resolve("best_stability", transport_backend, device, "transport_backend")
+    return _Backends(*persistence, *transport)
+
+
+def select(batch: MapBatch, config: SelectionConfig, run: _Backends) -> tuple[torch.Tensor, list, np.ndarray]:
+    """The selection of validated maps: bool labels ``[B, H, W]`` on the maps' device, the chosen
+    candidates and the thresholds."""
+    labels, candidates, thresholds = _select(normalise_maps(batch.numpy()), config, run)
+    return torch.from_numpy(labels).to(batch.device), candidates, thresholds
+
+
+def _select(a: np.ndarray, config: SelectionConfig, run: _Backends):
     B = a.shape[0]
     if config.level_mode == "quantise":
         levels = quantised_level_maps(a, config.levels)
@@ -310,8 +252,8 @@ def _select(a: np.ndarray, config: SelectionConfig):
         levels = a[:, None]
     L = config.n_level_maps
     dims = {"sublevel": config.sub_dims, "superlevel": config.sup_dims}
-    tables = {f: _candidates(levels, f, dims[f], config) for f in FILTRATIONS if dims[f]}
-    _intra(tables, B, L, config)
+    tables = {f: _candidates(levels, f, dims[f], config, run) for f in FILTRATIONS if dims[f]}
+    _intra(tables, B, L, config, run)
 
     # SPEC 4.4: rank each (image, filtration) over all its level maps, keep the first top_m
     # (kept in ranked order, grouped by image).
@@ -336,9 +278,8 @@ def _select(a: np.ndarray, config: SelectionConfig):
             rs = _ragged((np.cumsum(n_sub) - n_sub)[both], n_sub[both])
             rq = _ragged((np.cumsum(n_sup) - n_sup)[both], n_sup[both])
             (s_row, c_row), (s_col, c_col) = _best_stabilities(
-                _Side(np.stack([sub.low, sub.high], 1)[rs], n_sub[both]),
-                _Side(np.stack([sup.low, sup.high], 1)[rq], n_sup[both]),
-                config,
+                np.stack([sub.low, sub.high], 1)[rs], n_sub[both], np.stack([sup.low, sup.high], 1)[rq], n_sup[both],
+                config, run,
             )
             sub.S[rs], sub.C[rs] = s_row, c_row
             sup.S[rq], sup.C[rq] = s_col, c_col

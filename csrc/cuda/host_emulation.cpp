@@ -1,5 +1,5 @@
 // The CUDA persistence kernels (csrc/cuda/persistence_cuda.cu, as shipped in the package) compiled
-// for the host, so that CI tests their logic without a GPU (tests/test_persistence_cuda_source.py).
+// for the host, so that CI tests their logic without a GPU (topoot_gpu.testing.cuda_host_kernels).
 // A launch runs every thread of the grid one after another in a shuffled order (a seeded
 // permutation): the kernels must not depend on the order threads run in. This checks indexing,
 // bounds and results; it does not model concurrency (the GPU tests do).

@@ -1,25 +1,31 @@
-"""Fused log-domain Sinkhorn in Triton: one program per problem, every iteration in one launch.
+"""The ``"triton"`` backend of entropic transport: a fused log-domain Sinkhorn, one program per
+problem, every iteration in one launch.
 
-Each program loads its padded problem (``n, m <= 256``) once and iterates on chip: the
+Each program loads its padded problem (``n, m <= TRITON_MAX_SIZE``) once and iterates on chip: the
 ``v`` update, the ``u`` update and, every 10 iterations, the column-marginal check, exactly as
-:func:`topoot_gpu.transport.sinkhorn` in the log domain (POT ``sinkhorn_log``). Problems larger
-than ``TRITON_MAX_SIZE`` go to the torch path. Runs on CUDA tensors, or on CPU tensors under
-``TRITON_INTERPRET=1`` (set before this module is imported), which is how CI tests it.
+:func:`topoot_gpu.transport.api.sinkhorn` in the log domain (POT ``sinkhorn_log``). A larger
+problem raises a ``ValueError`` (it would not fit on chip; the ``"torch"`` backend takes it). Runs
+on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (set before this module is
+imported), which is how CI tests it.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .padded import best_stability_through
+from .results import SinkhornResult
 
 try:
     import triton
     import triton.language as tl
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("backend='triton' needs triton: pip install triton") from e
+    raise ImportError("backend='triton' needs Triton: pip install 'topoot_gpu[triton]'") from e
 
-from .transport import TRITON_MAX_SIZE, SinkhornResult, _sinkhorn_log
+#: The domains this backend runs.
+DOMAINS = ("log",)
+#: Largest n, m the kernel holds on chip.
+TRITON_MAX_SIZE = 256
 
 
 @triton.jit
@@ -84,17 +90,18 @@ def _sinkhorn_log_kernel(
     tl.store(err_ptr + pid, err)
 
 
-def sinkhorn_log_triton(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
-    """The log-domain solver of :func:`topoot_gpu.transport.sinkhorn` as one Triton launch."""
+def sinkhorn(
+    a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, *, reg: float, max_iter: int, stop_thr: float, domain: str,
+    num_threads: int,
+) -> SinkhornResult:  # fmt: skip
+    """The backend's entry (:func:`topoot_gpu.transport.api.sinkhorn`, validated inputs, log domain):
+    one Triton launch for the whole batch."""
     B, n, m = M.shape
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if not interpret and M.device.type != "cuda":
-        raise ValueError(
-            f"backend: 'triton' runs on CUDA tensors (got {M.device}); "
-            "set TRITON_INTERPRET=1 before importing topoot_gpu to run it on the CPU"
-        )
     if max(n, m) > TRITON_MAX_SIZE:
-        return _sinkhorn_log(a, b, M, reg=reg, max_iter=max_iter, stop_thr=stop_thr)
+        raise ValueError(
+            f"M: backend 'triton' solves problems up to {TRITON_MAX_SIZE} x {TRITON_MAX_SIZE} on chip, got "
+            f"{n} x {m}; use backend='torch' (or 'cpp' on the host)"
+        )
     a, b, M = a.contiguous(), b.contiguous(), M.contiguous()
     # Poisoned outputs: an entry the kernel fails to write shows up as NaN (or -1).
     plan = torch.full_like(M, float("nan"))
@@ -109,3 +116,8 @@ def sinkhorn_log_triton(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
             BLOCK_N=max(16, triton.next_power_of_2(n)), BLOCK_M=max(16, triton.next_power_of_2(m)),
         )  # fmt: skip
     return SinkhornResult(plan, log_u, log_v, n_iter, err, "log")
+
+
+#: The backend's ``best_stability`` (:func:`topoot_gpu.transport.api.best_stability`): costs, this
+#: backend's solver, stability and best match on the padded batch.
+best_stability = best_stability_through(sinkhorn, DOMAINS)

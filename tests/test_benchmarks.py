@@ -1,0 +1,75 @@
+"""The benchmark scripts end to end on tiny inputs (each in its own process, as a user runs it):
+they run, write their JSON, and what they count agrees with plain counts. Timings are not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from topoot_gpu.persistence._basins import STAGES
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_gpu_benchmark_runs(tmp_path, monkeypatch):
+    """The --gpu mode of bench_persistence.py end to end on tiny maps (what a GPU machine runs; here
+    the Triton backend under its interpreter)."""
+    if not os.environ.get("CI"):  # CI installs triton: a missing triton must fail there, not skip
+        pytest.importorskip("triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    script = BENCHMARKS / "bench_persistence.py"
+    out = tmp_path / "gpu.json"
+    args = ["--gpu", "--device", DEVICE, "--gpu-backends", "triton", "--sizes", "12", "--kinds", "noise"]
+    args += ["--gpu-batches", "2", "--ref-maps", "2", "--repeats", "1", "--out", str(out)]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["workload"] for r in rows} == {"subH1+supH0", "four diagrams"}
+    assert all(r["triton_maps_per_s"] > 0 and r["cpu_all_threads_maps_per_s"] > 0 for r in rows)
+    (stages,) = json.loads(out.read_text())["stages_subH1+supH0"]
+    assert stages["backend"] == "triton" and stages["batch"] == 2
+    parts = [stages[f"{name}_ms"] for name in (*STAGES, "other")]
+    assert all(t >= 0 for t in parts) and stages["total_ms"] == pytest.approx(sum(parts))
+
+
+def test_basin_merge_benchmark_runs(tmp_path):
+    """``benchmarks/bench_basin_merge.py`` end to end on tiny maps."""
+    script = BENCHMARKS / "bench_basin_merge.py"
+    out = tmp_path / "merge.json"
+    args = ["--size", "16", "--batches", "1", "3", "--large-size", "24", "--repeats", "1", "--out", str(out)]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["size"], r["batch"]) for r in rows] == [
+        ("smooth", 16, 1), ("smooth", 16, 3), ("noise", 16, 1), ("noise", 16, 3), ("noise", 24, 1)
+    ]  # fmt: skip
+    assert all(r["1thread_ms"] > 0 and r["all_threads_ms"] > 0 for r in rows)
+    assert all(r["edges_per_map"] > 0 for r in rows if r["kind"] == "noise")  # a smooth map may be one basin
+
+
+def test_basin_stats_runs(tmp_path):
+    """``benchmarks/basin_stats.py`` end to end on tiny maps; its counts against plain ones."""
+    script = BENCHMARKS / "basin_stats.py"
+    out = tmp_path / "stats.json"
+    run = subprocess.run(
+        [sys.executable, str(script), "--size", "12", "--batch", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    passes = ["sublevel H0", "sublevel H1 (dual)"]
+    assert [(r["kind"], r["pass"]) for r in result["rows"]] == [(k, p) for k in ("smooth", "noise") for p in passes]
+    for r in result["rows"]:
+        assert r["minima_per_map"] >= (1 if r["pass"] == "sublevel H0" else 0)  # the dual pass drains outside
+        assert r["basin_graph_edges_per_map"] <= r["crossing_pairs_per_map"]
+        assert r["crossing_pairs_per_pixel"] == pytest.approx(r["crossing_pairs_per_map"] / 144)
+    assert result["noise_h0_peak_bytes_per_pixel"] >= 0

@@ -1,0 +1,133 @@
+"""Argument checks shared by every stage: bad input gets a ValueError naming the argument.
+
+Maps are checked once, by :func:`check_maps`, at the entry point the caller used; the stages below
+it take the :class:`MapBatch` it returns and do not check again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class MapBatch:
+    """A validated batch of maps: a contiguous float32/float64 tensor ``[B, H, W]`` on the caller's
+    device (numpy input is wrapped without a copy where its dtype allows).
+
+    ``squeezed`` records that the caller passed a single ``[H, W]`` map, ``is_torch`` that it passed a
+    tensor, so that results go back in the caller's shape and kind (:meth:`to_caller`).
+    """
+
+    tensor: torch.Tensor
+    squeezed: bool
+    is_torch: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    def numpy(self) -> np.ndarray:
+        """The maps as a C-contiguous float32/float64 numpy array on the host."""
+        return self.tensor.cpu().numpy()
+
+    def to_caller(self, x: torch.Tensor) -> Any:
+        """A per-image result ``[B, ...]`` in the caller's shape (``[...]`` for one map) and kind."""
+        if self.squeezed:
+            x = x[0]
+        return x if self.is_torch else x.cpu().numpy()
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_config(config: Any, cls: type) -> Any:
+    """``config`` of type ``cls``, or ``cls()`` for None."""
+    if config is None:
+        return cls()
+    if not isinstance(config, cls):
+        raise ValueError(f"config: expected a {cls.__name__}, got {type(config).__name__}")
+    return config
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed: expected an int in [0, 2**63), got {seed!r}")
+
+
+def check_threads(num_threads: int | None) -> int:
+    """``num_threads`` of a C++ kernel: a positive int, or None for every core."""
+    if num_threads is None:
+        return os.cpu_count() or 1
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+        raise ValueError(f"num_threads: expected a positive int or None, got {num_threads!r}")
+    return num_threads
+
+
+def floating_tensor(x: Any, name: str) -> torch.Tensor:
+    """``x`` (a torch tensor or numpy array of a floating dtype) as a detached tensor, numpy arrays
+    wrapped without a copy where possible; float16/bfloat16 widened to float32 (exactly)."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
+        if x.dtype not in (np.float16, np.float32, np.float64):
+            x = x.astype(np.float64)  # longdouble: torch has no such dtype
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
+    x = x.detach()
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+
+
+def check_maps(maps: Any, name: str = "maps", *, finite: bool = True) -> MapBatch:
+    """Validate ``maps`` (``[H, W]`` or ``[B, H, W]``, floating, finite; numpy or torch, any device).
+
+    float16 and bfloat16 are widened to float32 (exactly), float32 and float64 are kept, the maps
+    stay on their device. ``finite=False`` leaves the NaN/inf check to a kernel that makes it on
+    the way (the C++ persistence core raises the same ``ValueError``).
+    """
+    is_torch = isinstance(maps, torch.Tensor)
+    t = floating_tensor(maps, name)
+    shape = tuple(t.shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{name}: expected shape [H, W] or [B, H, W], got {shape}")
+    if 0 in shape:
+        raise ValueError(f"{name}: empty dimension in shape {shape}")
+    if finite:
+        check_finite(t, name)
+    squeezed = t.dim() == 2
+    return MapBatch((t[None] if squeezed else t).contiguous(), squeezed, is_torch)
+
+
+def check_features(features: Any, *, batch: int, device: torch.device, squeezed: bool = False) -> torch.Tensor:
+    """Validate backbone features for ``batch`` maps on ``device``: a floating tensor (or numpy array)
+    ``[B, C, h, w]`` (``[C, h, w]`` for a single ``[H, W]`` map, ``squeezed``), finite, on the maps'
+    device. Returns ``[B, C, h, w]`` in float32 or float64 (float16/bfloat16 are widened)."""
+    features = floating_tensor(features, "features")
+    want = 3 if squeezed else 4
+    if features.dim() != want:
+        shape = "[C, h, w] for one [H, W] map" if squeezed else "[B, C, h, w] for maps [B, H, W]"
+        raise ValueError(f"features: expected {shape}, got shape {tuple(features.shape)}")
+    if squeezed:
+        features = features.unsqueeze(0)
+    if features.shape[0] != batch:
+        raise ValueError(f"features: batch size {features.shape[0]} does not match the maps' {batch}")
+    if 0 in features.shape:
+        raise ValueError(f"features: empty dimension in shape {tuple(features.shape)}")
+    if features.device != device:
+        raise ValueError(f"features: on {features.device}, the maps are on {device}")
+    check_finite(features, "features")
+    return features

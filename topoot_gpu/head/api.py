@@ -1,0 +1,104 @@
+"""The head: test-time training of one small MLP per image on its pseudo-label (SPEC 5), batched.
+
+For ``B`` images at once: the heads' parameters are stacked (``[B, in, out]``) and applied with
+batched matrix products, Adam runs on the stacks (it is elementwise, so this is Adam on each head),
+and each epoch is one forward and one backward pass over all pixels of all images:
+
+* embeddings ``e = W3 gelu(W2 gelu(W1 x + b1) + b2) + b3`` of every pixel, once per epoch (the
+  released code evaluates the head again on both pixels of every pair: ``4P`` extra rows);
+* when the features come at the backbone's resolution ``h x w < H x W``, the first layer runs
+  there and its output is resized instead: a linear map commutes with bilinear interpolation
+  (whose weights sum to one), so this is the same function, computed on ``h w`` rows instead of
+  ``H W``;
+* contrastive loss: pairs drawn once per image (:func:`topoot_gpu.core.random.pair_partners`), each
+  epoch's batches of ``pair_batch`` shuffled pairs reduce to a weight per pair (``1 / (n_batches *
+  size of its batch)``), so ``L = sum_k w_k l_k`` without a loop over batches;
+* OT-consistency loss: normalised embeddings against the two class prototypes, 200 plain
+  Sinkhorn iterations on ``[P, 2]`` with the gradient through every iteration. Only ``v_t`` (two
+  numbers per iteration) is kept and ``u_t`` is recomputed on the way back, instead of 200
+  autograd nodes of size ``P``.
+
+This module checks the arguments once and dispatches through the backend table to one module per
+backend with a function ``train_heads(features, labels, *, config, seed, num_threads)`` for the
+images whose label is not constant: ``_cpp`` and ``_torch`` run the batched training of
+:mod:`topoot_gpu.head.training` with their own loss (one C++ call for both losses and their
+gradient; torch operations on any device); ``reference`` is the released head,
+:func:`topoot_gpu.head.reference.train_released_head`, image by image.
+
+The draws (initial weights, partners, shuffles) are counter-based hashes of the seed
+(:mod:`topoot_gpu.core.random`), the same in the reference, on every device and for every batch
+composition: a head trained in a batch gives the mask it gives alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import backends
+from ..core.validation import check_config, check_features, check_seed, check_threads
+from .config import HeadConfig
+
+KERNEL = "train_heads"
+
+
+def train_heads(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: HeadConfig | None = None,
+    seed: int = 0,
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> torch.Tensor:
+    """Masks of ``B`` images from their pseudo-labels, one freshly trained head each (SPEC 5).
+
+    Args:
+        features: ``[B, C, h, w]`` float32/float64 per-pixel features; ``h x w`` other than the
+            labels' ``H x W`` is resized bilinearly (``align_corners=False``), as the released code
+            resizes backbone features.
+        labels: bool ``[B, H, W]`` pseudo-labels on the features' device.
+        config: a :class:`HeadConfig`.
+        seed: a non-negative int; the same seed gives the same heads, alone or in any batch.
+        backend: ``"auto"`` (``"cpp"`` for CPU tensors, ``"torch"`` for CUDA tensors), ``"cpp"`` (both
+            losses and their gradient in one C++ call per step; host tensors), ``"torch"`` (torch
+            ops only, any device), ``"reference"`` (the released head,
+            :func:`topoot_gpu.head.reference.train_released_head`, image by image; host tensors).
+            A backend that does not take the features' device raises a ``ValueError``.
+        num_threads: threads of the C++ kernels (default: all cores).
+
+    Returns:
+        bool ``[B, H, W]`` masks: ``|e - proto_fg| < |e - proto_bg|`` after training; an image
+        whose pseudo-label is constant gets it back untrained.
+    """
+    config = check_config(config, HeadConfig)
+    backend = backends.check_backend(KERNEL, backend)
+    check_seed(seed)
+    threads = check_threads(num_threads)
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.bool or labels.dim() != 3:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected a bool [B, H, W] tensor, got {got}")
+    backends.resolve(KERNEL, backend, labels.device)  # a backend/device mismatch first, before any data check
+    features = check_features(features, batch=labels.shape[0], device=labels.device)
+    return train(features, labels, config=config, seed=seed, backend=backend, num_threads=threads)
+
+
+def train(
+    features: torch.Tensor, labels: torch.Tensor, *, config: HeadConfig, seed: int, backend: str, num_threads: int
+) -> torch.Tensor:
+    """:func:`train_heads` of validated inputs."""
+    # Every backend "auto" picks here takes the features' device (core.backends): nothing moves.
+    name, _ = backends.resolve(KERNEL, backend, features.device)
+    masks = labels.clone()
+    B, H, W = labels.shape
+    n_fg = labels.reshape(B, H * W).sum(1)
+    trained = torch.nonzero((n_fg > 0) & (n_fg < H * W)).flatten()
+    if len(trained) == 0:
+        return masks
+    module = backends.load(KERNEL, name)
+    with torch.inference_mode(False), torch.enable_grad():
+        # Inputs made under inference_mode cannot be saved for backward: work on copies.
+        x = features.index_select(0, trained).clone()
+        y = labels.index_select(0, trained).clone()
+        trained_masks = module.train_heads(x, y, config=config, seed=seed, num_threads=num_threads)
+    masks[trained] = trained_masks.to(masks.device)
+    return masks

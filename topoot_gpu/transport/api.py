@@ -1,0 +1,247 @@
+"""Batched entropic optimal transport for many small ragged problems (SPEC section 3).
+
+One solver call runs a whole batch of problems ``(a_k, b_k, M_k)``, padded to a common
+``[B, n, m]``. Rows with ``a = 0`` and columns with ``b = 0`` are padding: they start at
+``log u = -inf`` / ``log v = -inf`` and never change a real entry, so a padded problem gives the
+plan of the same problem without its padding. (A real zero weight is treated the same way, which
+equals POT on the problem with that row removed.)
+
+The iterates are POT's ``ot.sinkhorn(a, b, M, reg)``: from ``u = v = 0`` (log scalings), each
+iteration ::
+
+    v = log b - LSE_i(-M / reg + u)
+    u = log a - LSE_j(-M / reg + v)
+
+and at iterations 0, 10, 20, ... a problem stops when ``||sum_i exp(-M/reg + u + v) - b||_2 <
+stop_thr``; each problem stops on its own. ``plan = exp(-M/reg + u_i + v_j)``. Two domains compute
+these iterates:
+
+* ``"log"``: log-sum-exp per iteration (POT ``method="sinkhorn_log"``), safe for any ``reg``;
+* ``"scaling"``: ``K = exp(-M/reg)`` once, then ``v = b / K^T u``, ``u = 1 / ((K / a) v)``
+  (POT's default ``sinkhorn_knopp``, including its stop on numerical errors), two matrix-vector
+  products per iteration. Only safe when ``K`` cannot underflow.
+
+``domain="auto"`` takes the scaling domain for a batch when ``max |M| / reg`` of every problem is
+at most 50 (float32) or 300 (float64), so that ``K >= e^-50`` and the scalings stay far inside the
+floating range, and the log domain otherwise.
+
+:func:`best_stability` is the step the pseudo-label selection takes (SPEC 4.3 and 4.5): for a
+ragged batch of pairs of diagrams, the costs, the plans and every point's best stability.
+
+This module checks the arguments once and dispatches through the backend table
+(:mod:`topoot_gpu.core.backends`) to one module per backend with the same two functions: ``_cpp``,
+``_torch``, ``_triton`` and ``reference`` (POT).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _C
+from ..core import backends
+from ..core.validation import check_choice, check_finite, check_threads, floating_tensor
+from .padded import best_match, diagram_costs, padded_diagram_costs, stability
+from .results import BestStability, SinkhornResult, auto_domain
+
+__all__ = [
+    "BestStability",
+    "SinkhornResult",
+    "best_match",
+    "best_stability",
+    "diagram_costs",
+    "padded_diagram_costs",
+    "sinkhorn",
+    "stability",
+]
+
+DOMAINS = ("auto", "scaling", "log")
+COSTS = ("normalized", "diagonal")
+
+
+def _check_problem(a: Any, b: Any, M: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    a, b, M = floating_tensor(a, "a"), floating_tensor(b, "b"), floating_tensor(M, "M")
+    if M.dim() != 3:
+        raise ValueError(f"M: expected shape [B, n, m], got {tuple(M.shape)}")
+    B, n, m = M.shape
+    if tuple(a.shape) != (B, n):
+        raise ValueError(f"a: expected shape {(B, n)} to match M {tuple(M.shape)}, got {tuple(a.shape)}")
+    if tuple(b.shape) != (B, m):
+        raise ValueError(f"b: expected shape {(B, m)} to match M {tuple(M.shape)}, got {tuple(b.shape)}")
+    if not (a.device == b.device == M.device):
+        raise ValueError(f"a, b, M: expected one device, got {a.device}, {b.device}, {M.device}")
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), M.dtype)
+    if dtype not in (torch.float32, torch.float64):
+        dtype = torch.float32
+    return a.to(dtype), b.to(dtype), M.to(dtype)
+
+
+def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor) -> float:
+    """Raise on NaN/inf or negative weights; return ``max |M|`` over the real entries.
+
+    CPU tensors are checked in one fused C++ pass (the batch is streamed once, not per check).
+    """
+    if M.device.type == "cpu":
+        stats = _C.sinkhorn_stats_f64 if M.dtype == torch.float64 else _C.sinkhorn_stats_f32
+        finite, a_ok, b_ok, worst = stats(*(x.contiguous().numpy() for x in (a, b, M)))
+    else:
+        finite = all(bool(torch.isfinite(x).all()) for x in (a, b, M))
+        a_ok, b_ok = not bool((a < 0).any()), not bool((b < 0).any())
+        real = (a > 0)[:, :, None] & (b > 0)[:, None, :]
+        worst = float(torch.where(real, M.abs(), 0.0).max()) if finite and M.numel() else 0.0
+    if not finite:
+        for name, x in (("a", a), ("b", b), ("M", M)):
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name}: contains NaN or infinite values")
+    if not a_ok:
+        raise ValueError("a: weights must be non-negative")
+    if not b_ok:
+        raise ValueError("b: weights must be non-negative")
+    return worst
+
+
+def _check_solver(reg: Any, max_iter: Any, stop_thr: Any) -> tuple[float, int, float]:
+    reg = float(reg)
+    if not np.isfinite(reg) or reg <= 0:
+        raise ValueError(f"reg: expected a finite number > 0, got {reg}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    stop_thr = float(stop_thr)
+    if not stop_thr >= 0:
+        raise ValueError(f"stop_thr: expected a number >= 0, got {stop_thr}")
+    return reg, int(max_iter), stop_thr
+
+
+def sinkhorn(
+    a: Any,
+    b: Any,
+    M: Any,
+    *,
+    reg: float,
+    max_iter: int = 1000,
+    stop_thr: float = 1e-9,
+    domain: str = "auto",
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> SinkhornResult:
+    """Entropic OT plans of a batch of (padded, ragged) problems, POT's iterates.
+
+    Args:
+        a: ``[B, n]`` row weights (``0`` marks a padding row).
+        b: ``[B, m]`` column weights (``0`` marks a padding column).
+        M: ``[B, n, m]`` costs; padding entries are ignored but must be finite.
+        reg: entropic regularisation, ``> 0``.
+        max_iter: at most this many iterations per problem (POT's ``numItermax``).
+        stop_thr: stop threshold on the column-marginal error, checked every 10 iterations.
+        domain: ``"auto"``, ``"scaling"`` or ``"log"`` (see the module doc; ``"triton"`` runs the
+            log domain only, which ``"auto"`` picks for it).
+        backend: ``"auto"`` (``"cpp"`` for CPU tensors, ``"torch"`` for CUDA tensors), ``"cpp"`` (the
+            C++ core: each problem solved start to finish in cache, threads over the batch; host
+            tensors), ``"torch"`` (vectorised over the batch, any device), ``"triton"`` (one
+            program per problem, n, m <= 256; CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``; extra ``triton``), ``"reference"`` (POT in a loop; host tensors;
+            extra ``test``). A backend that does not take the inputs' device raises a
+            ``ValueError``.
+        num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
+
+    Inputs are torch tensors or numpy arrays of one floating dtype family (the result is float64
+    if any input is, else float32) on one device; the result is on that device.
+    """
+    backend = backends.check_backend("sinkhorn", backend)
+    check_choice("domain", domain, DOMAINS)
+    a, b, M = _check_problem(a, b, M)
+    name, _ = backends.resolve("sinkhorn", backend, M.device)
+    worst = _check_values(a, b, M)
+    reg, max_iter, stop_thr = _check_solver(reg, max_iter, stop_thr)
+
+    module = backends.load("sinkhorn", name)
+    if domain == "auto":
+        domain = auto_domain(worst, reg, M.dtype)
+        domain = domain if domain in module.DOMAINS else module.DOMAINS[0]
+    elif domain not in module.DOMAINS:
+        raise ValueError(f"domain: backend {name!r} runs {module.DOMAINS}, got {domain!r}")
+    # Every backend "auto" picks here takes the inputs' device (core.backends), so nothing moves.
+    return module.sinkhorn(
+        a, b, M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, domain=domain, num_threads=check_threads(num_threads)
+    )
+
+
+def _check_side(points: Any, sizes: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    points = floating_tensor(points, name)
+    if points.dim() != 2 or points.shape[1] != 2:
+        raise ValueError(f"{name}: expected [N, 2] (low, high) points, got shape {tuple(points.shape)}")
+    size_name = f"{name.lower()}_sizes"
+    sizes = torch.as_tensor(sizes, device=points.device) if not isinstance(sizes, torch.Tensor) else sizes
+    if sizes.dim() != 1 or sizes.dtype.is_floating_point or sizes.dtype == torch.bool or sizes.is_complex():
+        raise ValueError(f"{size_name}: expected a 1-D integer tensor, got {sizes.dtype} {tuple(sizes.shape)}")
+    if sizes.device != points.device:
+        raise ValueError(f"{size_name}: on {sizes.device}, {name} is on {points.device}")
+    return points.double().contiguous(), sizes.to(torch.int64)
+
+
+def _check_side_values(points: torch.Tensor, sizes: torch.Tensor, name: str) -> None:
+    check_finite(points, name)
+    if bool((sizes < 0).any()) or int(sizes.sum()) != len(points):
+        size_name = f"{name.lower()}_sizes"
+        raise ValueError(f"{size_name}: expected non-negative sizes adding up to {len(points)} points of {name}")
+
+
+def best_stability(
+    P: Any,
+    p_sizes: Any,
+    Q: Any,
+    q_sizes: Any,
+    *,
+    cost: str = "normalized",
+    reg: float,
+    max_iter: int = 1000,
+    stop_thr: float = 1e-9,
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> BestStability:
+    """Every point's best stability in a batch of ragged diagram problems (SPEC 3, 4.3, 4.5).
+
+    Problem ``k`` transports the ``p_sizes[k]`` points of its ``P`` diagram to the ``q_sizes[k]``
+    points of its ``Q`` diagram: costs ``M`` of kind ``cost`` and weights (:func:`diagram_costs`),
+    POT's Sinkhorn iterates (the domain picked per problem as ``domain="auto"`` picks it for a
+    batch), ``S = plan / (1 + sqrt(max(M, 0)))``; then for every point the maximum of its row
+    (``P``) or column (``Q``) of ``S`` over the real points of the other side, and ``M`` there (the
+    first maximum on ties; the diagonal of ``"diagonal"`` costs is never a match).
+
+    Args:
+        P: ``[sum(p_sizes), 2]`` ``(low, high)`` points, problem after problem (float64 inside).
+        p_sizes: ``[B]`` integers, each problem's number of ``P`` points (0 allowed).
+        Q, q_sizes: the same for the other side, on ``P``'s device.
+        cost: ``"normalized"`` (released implementation) or ``"diagonal"`` (paper text).
+        reg, max_iter, stop_thr: the solver's parameters, as in :func:`sinkhorn`.
+        backend: ``"auto"`` (``"cpp"``, on a host copy for CUDA tensors), ``"cpp"`` (one fused call:
+            costs, plan and best match per problem, nothing padded; host tensors), ``"torch"``
+            (:func:`padded_diagram_costs`, :func:`sinkhorn`, :func:`stability` and
+            :func:`best_match` on the padded batch; any device), ``"triton"`` (the same with the
+            Triton solver, log domain, problems up to 256 points a side), ``"reference"`` (POT,
+            problem by problem).
+        num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
+
+    Returns:
+        A :class:`BestStability` on ``P``'s device.
+    """
+    backend = backends.check_backend("best_stability", backend)
+    check_choice("cost", cost, COSTS)
+    P, p_sizes = _check_side(P, p_sizes, "P")
+    Q, q_sizes = _check_side(Q, q_sizes, "Q")
+    if Q.device != P.device:
+        raise ValueError(f"P, Q: expected one device, got {P.device} and {Q.device}")
+    if len(p_sizes) != len(q_sizes):
+        n, m = len(p_sizes), len(q_sizes)
+        raise ValueError(f"p_sizes, q_sizes: expected the same number of problems, got {n} and {m}")
+    reg, max_iter, stop_thr = _check_solver(reg, max_iter, stop_thr)
+    name, device = backends.resolve("best_stability", backend, P.device)
+    _check_side_values(P, p_sizes, "P")
+    _check_side_values(Q, q_sizes, "Q")
+    result = backends.load("best_stability", name).best_stability(
+        P.to(device), p_sizes.to(device), Q.to(device), q_sizes.to(device), cost=cost, reg=reg, max_iter=max_iter,
+        stop_thr=stop_thr, num_threads=check_threads(num_threads),
+    )  # fmt: skip
+    return BestStability(*(x.to(P.device) for x in vars(result).values()))

@@ -1,0 +1,184 @@
+"""The backend-neutral maths of padded batches of diagram problems (SPEC 3 and 4): costs, stability,
+best match, and every point's best stability through any padded solver (the ``"torch"`` and
+``"triton"`` backends of :func:`topoot_gpu.transport.api.best_stability`). Torch operations, any
+device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.validation import check_choice
+from .results import BestStability, SinkhornResult, auto_domain
+
+
+def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Costs and weights between two ragged batches of diagrams (SPEC 3).
+
+    Args:
+        P, Q: the ``B`` diagrams on each side, each a sequence of ``[n_k, 2]`` arrays or tensors
+            of ``(low, high)`` points (empty diagrams allowed).
+        kind: ``"normalized"`` (released implementation): ``D`` the Euclidean distances,
+            ``M = (D / (max D + 1e-12))^2``, weights ``1/n`` and ``1/m``; or ``"diagonal"``
+            (paper text): an extra last row and column for the diagonal, ``M[i, j] = |p_i -
+            q_j|^2``, ``M[i, diag] = (high - low)^2 / 2``, ``M[diag, diag] = 0``, weights
+            ``[1, ..., 1, m] / (n + m)`` and ``[1, ..., 1, n] / (n + m)``.
+
+    Returns:
+        ``(M, a, b)`` padded to ``[B, n_max(+1), m_max(+1)]`` (float64; padding weight 0, padding
+        cost 0), ready for :func:`sinkhorn`. With ``"diagonal"``, the diagonal is the last row
+        and column, after the padding.
+    """
+    check_choice("kind", kind, ("normalized", "diagonal"))
+    Ps, Qs = _diagram_list(P, "P"), _diagram_list(Q, "Q")
+    if len(Ps) != len(Qs):
+        raise ValueError(f"P, Q: expected the same number of diagrams, got {len(Ps)} and {len(Qs)}")
+    B = len(Ps)
+    n = torch.tensor([len(p) for p in Ps], dtype=torch.int64)
+    m = torch.tensor([len(q) for q in Qs], dtype=torch.int64)
+    N, Mx = int(n.max()) if B else 0, int(m.max()) if B else 0
+    Pp = torch.zeros(B, N, 2, dtype=torch.float64)
+    Qp = torch.zeros(B, Mx, 2, dtype=torch.float64)
+    for k in range(B):
+        Pp[k, : n[k]] = Ps[k]
+        Qp[k, : m[k]] = Qs[k]
+    return padded_diagram_costs(Pp, n, Qp, m, kind=kind)
+
+
+def padded_diagram_costs(
+    Pp: torch.Tensor, n: torch.Tensor, Qp: torch.Tensor, m: torch.Tensor, *, kind: str = "normalized"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`diagram_costs` of diagrams already padded: ``Pp [B, N, 2]`` with ``n [B]`` real
+    points each, ``Qp [B, Mx, 2]`` with ``m [B]``."""
+    B, N, Mx = Pp.shape[0], Pp.shape[1], Qp.shape[1]
+    device = Pp.device
+    row = torch.arange(N, device=device)[None, :] < n[:, None]
+    col = torch.arange(Mx, device=device)[None, :] < m[:, None]
+    real = row[:, :, None] & col[:, None, :]
+    sq = ((Pp[:, :, None, :] - Qp[:, None, :, :]) ** 2).sum(-1)
+    if kind == "normalized":
+        D = torch.where(real, sq.sqrt(), 0.0)
+        Dmax = D.flatten(1).max(1).values if N * Mx else torch.zeros(B, dtype=torch.float64, device=device)
+        M = torch.where(real, (D / (Dmax[:, None, None] + 1e-12)) ** 2, 0.0)
+        a = torch.where(row, 1.0 / n.clamp(min=1)[:, None].double(), 0.0)
+        b = torch.where(col, 1.0 / m.clamp(min=1)[:, None].double(), 0.0)
+        return M, a, b
+    M = torch.zeros(B, N + 1, Mx + 1, dtype=torch.float64, device=device)
+    M[:, :N, :Mx] = torch.where(real, sq, 0.0)
+    M[:, :N, Mx] = torch.where(row, (Pp[..., 1] - Pp[..., 0]) ** 2 / 2, 0.0)
+    M[:, N, :Mx] = torch.where(col, (Qp[..., 1] - Qp[..., 0]) ** 2 / 2, 0.0)
+    total = (n + m).clamp(min=1)[:, None].double()
+    a = torch.cat([row.double(), m[:, None].double()], 1) / total
+    b = torch.cat([col.double(), n[:, None].double()], 1) / total
+    return M, a, b
+
+
+def _diagram_list(X: Any, name: str) -> list[torch.Tensor]:
+    if isinstance(X, (np.ndarray, torch.Tensor)) and getattr(X, "ndim", 0) != 1:
+        raise ValueError(f"{name}: expected a sequence of [n, 2] diagrams, got an array of shape {tuple(X.shape)}")
+    out = []
+    for k, x in enumerate(X):
+        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu().double()
+        if t.numel() == 0:
+            t = t.reshape(0, 2)
+        if t.dim() != 2 or t.shape[1] != 2:
+            raise ValueError(f"{name}[{k}]: expected shape [n, 2], got {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}[{k}]: contains NaN or infinite values")
+        out.append(t)
+    return out
+
+
+def stability(plan: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``S = plan / (1 + sqrt(max(M, 0)))``: transported mass, discounted by its cost."""
+    return plan / (1.0 + torch.sqrt(torch.clamp(M, min=0)))
+
+
+def best_match(
+    S: torch.Tensor, M: torch.Tensor, *, dim: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every row (``dim=2``) or column (``dim=1``) of ``[B, n, m]`` stabilities: the maximum of
+    ``S``, the cost ``M`` at that entry and its index (the first one on ties). Entries outside
+    ``mask`` (e.g. padding) are never chosen; a line with none gets ``(0, +inf, -1)``."""
+    if dim not in (1, 2):
+        raise ValueError(f"dim: expected 1 (best row per column) or 2 (best column per row), got {dim}")
+    if mask is not None:
+        S = torch.where(mask, S, torch.tensor(float("-inf"), dtype=S.dtype, device=S.device))
+    idx = S.argmax(dim=dim, keepdim=True)
+    s = S.gather(dim, idx).squeeze(dim)
+    c = M.gather(dim, idx).squeeze(dim)
+    idx = idx.squeeze(dim)
+    none = torch.isneginf(s)
+    s = torch.where(none, 0.0, s)
+    c = torch.where(none, float("inf"), c)
+    return s, c, torch.where(none, -1, idx)
+
+
+def pad_points(points: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Ragged ``points [sum(sizes), 2]`` (problem after problem) as ``[B, max(sizes), 2]``, zero padded."""
+    B = len(sizes)
+    width = int(sizes.max()) if B else 0
+    out = torch.zeros(B, width, 2, dtype=points.dtype, device=points.device)
+    problem, slot = ragged_slots(sizes)
+    out[problem, slot] = points
+    return out
+
+
+def ragged_slots(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row of a ragged batch (problem after problem): its problem and its slot in it."""
+    problem = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+    starts = torch.cumsum(sizes, 0) - sizes
+    return problem, torch.arange(len(problem), device=sizes.device) - starts[problem]
+
+
+def best_stability_through(sinkhorn: Callable[..., SinkhornResult], domains: tuple[str, ...]) -> Callable:
+    """A backend's ``best_stability`` (:func:`topoot_gpu.transport.api.best_stability`) through its
+    padded ``sinkhorn``, which runs ``domains``: see :func:`padded_best_stability`."""
+
+    def best_stability(P, p_sizes, Q, q_sizes, *, cost, reg, max_iter, stop_thr, num_threads) -> BestStability:
+        def solve(a, b, M, domain):
+            kw = dict(reg=reg, max_iter=max_iter, stop_thr=stop_thr, domain=domain, num_threads=num_threads)
+            return sinkhorn(a, b, M, **kw)
+
+        return padded_best_stability(solve, P, p_sizes, Q, q_sizes, cost=cost, reg=reg, domains=domains)
+
+    return best_stability
+
+
+def padded_best_stability(
+    solve: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], SinkhornResult],
+    P: torch.Tensor, p_sizes: torch.Tensor, Q: torch.Tensor, q_sizes: torch.Tensor, *, cost: str, reg: float,
+    domains: tuple[str, ...],
+) -> BestStability:  # fmt: skip
+    """Every point's best stability in a ragged batch of diagram problems, through a padded solver:
+    the costs of every problem (:func:`padded_diagram_costs`), ``solve(a, b, M, domain)`` on the
+    problems of each domain (picked per problem as the C++ backend picks it, when in ``domains``,
+    else ``domains[0]``), then :func:`stability` and :func:`best_match` over the real points
+    (padding and, with ``"diagonal"`` costs, the diagonal are never a match)."""
+    device, B = P.device, len(p_sizes)
+    M, a, b = padded_diagram_costs(pad_points(P, p_sizes), p_sizes, pad_points(Q, q_sizes), q_sizes, kind=cost)
+    # Real points only: padding, and the diagonal (the last row and column, after the padding).
+    row = torch.arange(M.shape[1], device=device)[None, :] < p_sizes[:, None]
+    col = torch.arange(M.shape[2], device=device)[None, :] < q_sizes[:, None]
+    real = row[:, :, None] & col[:, None, :]
+    weighted = (a > 0)[:, :, None] & (b > 0)[:, None, :]
+    worst = torch.where(weighted, M.abs(), 0.0).flatten(1).amax(1) if M.numel() else torch.zeros(B, device=device)
+    plan = torch.zeros_like(M)
+    n_iter = torch.zeros(B, dtype=torch.int64, device=device)
+    domain = [auto_domain(float(w), reg, torch.float64) for w in worst.tolist()]
+    domain = [d if d in domains else domains[0] for d in domain]
+    for name in sorted(set(domain)):
+        k = torch.tensor([i for i, d in enumerate(domain) if d == name], dtype=torch.int64, device=device)
+        res = solve(a[k], b[k], M[k], name)
+        plan[k], n_iter[k] = res.plan, res.n_iter
+    S = stability(plan, M)
+    s_row, c_row, _ = best_match(S, M, dim=2, mask=real)
+    s_col, c_col, _ = best_match(S, M, dim=1, mask=real)
+    p_problem, p_slot = ragged_slots(p_sizes)
+    q_problem, q_slot = ragged_slots(q_sizes)
+    return BestStability(
+        s_row[p_problem, p_slot], c_row[p_problem, p_slot], s_col[q_problem, q_slot], c_col[q_problem, q_slot], n_iter
+    )
