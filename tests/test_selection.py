@@ -308,3 +308,14 @@ def test_bad_inputs_raise():
         pseudo_labels(np.zeros((3, 3)), persistence_backend="gpu")
     with pytest.raises(ValueError, match="transport_backend"):
         pseudo_labels(np.zeros((3, 3)), transport_backend="cuda")
+
+
+def test_huge_finite_values_are_not_taken_for_infinity():
+    # The finiteness check sums first (an overflowing sum falls back to the elementwise test).
+    maps = np.zeros((2, 9, 8))
+    maps[0, 2:5, 3:6] = 1.7e308
+    maps[1, 4, 4] = -1.7e308
+    sel = pseudo_labels(maps)
+    assert sel.labels[0].sum() == 9 and not sel.labels[0, 0].any()
+    with pytest.raises(ValueError, match="maps: contains NaN"):
+        pseudo_labels(np.where(maps > 0, np.inf, maps))

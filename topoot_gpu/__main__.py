@@ -1,3 +1,5 @@
+"""``python -m topoot_gpu``: the ``topoot`` command (:mod:`topoot_gpu.cli`)."""
+
 import sys
 
 from .cli import main

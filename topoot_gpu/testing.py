@@ -1,5 +1,5 @@
-"""What tests and benchmarks share: devices, dtypes, backends, generators of maps and transport
-problems, the persistence cases, and the CUDA kernels' host emulation.
+"""What tests and benchmarks share: devices, dtypes, generators of maps and transport problems, the
+persistence cases, and the CUDA kernels' host emulation.
 
 Generators take a ``numpy.random.Generator`` so that every caller controls (and can print)
 its seed.
@@ -186,23 +186,6 @@ def pad_problems(problems, dtype: torch.dtype = torch.float64, pad_to: tuple[int
         b[k, : len(bk)] = torch.from_numpy(bk)
         M[k, : len(ak), : len(bk)] = torch.from_numpy(Mk)
     return a.to(dtype), b.to(dtype), M.to(dtype)
-
-
-def backends_here(kernel: str) -> list[str]:
-    """The backends of ``kernel`` that run on this machine's devices: all but those whose device is
-    missing (``"cuda"`` and ``"triton"`` without a GPU, except Triton under ``TRITON_INTERPRET=1``
-    and CUDA while its kernels are emulated, :func:`cuda_host_kernels`) or whose extra is not
-    installed."""
-    out = []
-    for name in backends.KERNELS[kernel].backends:
-        if not any(backends.takes(kernel, name, torch.device(d)) for d in devices):
-            continue
-        try:
-            backends.load(kernel, name)
-        except ImportError:
-            continue
-        out.append(name)
-    return out
 
 
 # --- The CUDA kernels on the host ------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The batched head allocates tensors of hundreds of MB per step (``[B, H*W, hid]``). glibc serves
 blocks above its mmap threshold (at most 32 MiB by default) with a fresh ``mmap`` and unmaps them
-on free, so every such tensor is paid for again in page faults: on a 2-core machine an
-elementwise op over 150 MB took 80 ms instead of 16. :func:`keep_freed_memory` raises the mmap
+on free, so every such tensor is paid for again in page faults (what that costs the head: README,
+"Refine"). :func:`keep_freed_memory` raises the mmap
 and trim thresholds so that freed blocks stay in the heap and are reused. It is process-wide, like
 preloading jemalloc or tcmalloc (what PyTorch's CPU performance notes suggest); the ``topoot`` CLI
 and the benchmarks call it, a library user decides for their own process.

@@ -88,8 +88,12 @@ def floating_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+    """``ValueError`` if ``x`` holds NaN or +-inf. A finite sum proves every entry finite (NaN and inf
+    propagate through a sum) in one reduction, several times faster than an elementwise test; a sum
+    that is not finite (NaN, inf, or finite values overflowing) falls back to the exact test."""
+    if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
+        return
+    raise ValueError(f"{name}: contains NaN or infinite values")
 
 
 def check_maps(maps: Any, name: str = "maps", *, finite: bool = True) -> MapBatch:
