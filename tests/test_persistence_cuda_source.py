@@ -127,3 +127,21 @@ def test_emulation_is_undone_on_exit(host_kernels):
     assert _cuda._launch is saved
     with pytest.raises(ValueError, match="backend: 'cuda' runs on cuda tensors.*cpu"):
         cubical_persistence(np.zeros((3, 3)), backend="cuda")
+
+
+def test_float32_launches_flush_subnormals_as_nvrtc_compiles_them(host_kernels):
+    # CuPy compiles with -ftz=true: the emulation's float32 launches flush subnormals too (x86), so a
+    # kernel comparing float32 values directly would fail the subnormal maps here as on the GPU.
+    if not host_kernels.flushes_subnormals():
+        pytest.skip("subnormal flushing is emulated on x86 hosts only")
+    assert host_kernels.flushed_less(ctypes.c_float(0.0), ctypes.c_float(1e-40)) == 0
+    assert host_kernels.flushed_less(ctypes.c_float(0.0), ctypes.c_float(1e-37)) == 1
+
+
+def test_cuda_source_orders_subnormals_exactly(on_host):
+    # The audit's example: 1e-40 and 2e-40 are peaks of a strip, 5e-41 a saddle (float32 subnormals).
+    t = torch.tensor([[0.0, 1e-40, 0.0, 5e-41, 2e-40]], dtype=torch.float32)
+    for filtration in ("sublevel", "superlevel"):
+        rows = cuda_source_rows(t, "T", filtration)
+        assert rows == cpu_rows(t, "T", filtration)
+    assert any(r[5] >= 0 for r in cuda_source_rows(t, "T", "superlevel"))  # a finite pair

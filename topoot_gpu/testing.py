@@ -111,6 +111,17 @@ def noise_maps(rng: np.random.Generator, batch: int, height: int, width: int) ->
     return rng.random((batch, height, width))
 
 
+def subnormal_maps(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+    """Tiny values with ties: multiples of 1e-40 (float32 subnormals), of 1e-310 (float64 subnormals,
+    zero in float32) and signed zeros. Code that flushes subnormals to zero (CUDA's ``-ftz``, x86
+    DAZ) or tells -0.0 from +0.0 gets their order wrong."""
+    shape = (batch, height, width)
+    f32 = rng.integers(-20, 21, shape) * 1e-40
+    f64 = rng.integers(-5, 6, shape) * 1e-310
+    out = np.where(rng.random(shape) < 0.7, f32, f64)
+    return np.where(rng.random(shape) < 0.1, -0.0, out)
+
+
 #: Every kind of map the persistence parity tests run on, by name: ``f(rng, batch, height, width)``.
 persistence_map_kinds = {
     "noise": noise_maps,
@@ -119,6 +130,7 @@ persistence_map_kinds = {
     "ties": tied_maps,
     "binary": lambda rng, b, h, w: tied_maps(rng, b, h, w, levels=2),
     "quantised1000": quantised_maps,
+    "subnormal": subnormal_maps,
 }
 
 #: Map shapes of the persistence parity tests: single pixels, lines, odd and square sizes.

@@ -3,11 +3,23 @@
 // A launch runs every thread of the grid one after another in a shuffled order (a seeded
 // permutation): the kernels must not depend on the order threads run in. This checks indexing,
 // bounds and results; it does not model concurrency (the GPU tests do).
+// The float32 kernels run as NVRTC compiles them through CuPy, which adds -ftz=true: float32
+// subnormals flushed to zero in arithmetic and comparisons. On x86 the MXCSR flags FTZ and DAZ do
+// the same to the host's SSE code, so they are set around each float32 launch.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <random>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define TOPOOT_FLUSH_SUBNORMALS 1
+#else
+#define TOPOOT_FLUSH_SUBNORMALS 0
+#endif
 
 #define __global__
 #define __device__
@@ -18,9 +30,43 @@ struct Dim3 {
 };
 static Dim3 blockIdx, blockDim, threadIdx;
 
+// The CUDA bit-cast intrinsics.
+inline unsigned __float_as_uint(float x) {
+  unsigned u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+inline long long __double_as_longlong(double x) {
+  long long u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+
 #include "persistence_cuda.cu"
 
 namespace {
+
+// FTZ (bit 15) and DAZ (bit 6) of MXCSR while alive, when `on` (and the host is x86).
+struct FlushSubnormals {
+  explicit FlushSubnormals(bool on) {
+#if TOPOOT_FLUSH_SUBNORMALS
+    saved_ = _mm_getcsr();
+    if (on) _mm_setcsr(saved_ | 0x8040u);
+#else
+    (void)on;
+#endif
+  }
+  ~FlushSubnormals() {
+#if TOPOOT_FLUSH_SUBNORMALS
+    _mm_setcsr(saved_);
+#endif
+  }
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  unsigned saved_ = 0;
+};
 
 template <typename... Args>
 void run(void (*kernel)(Args...), unsigned grid, unsigned block, uint64_t seed, Args... args) {
@@ -28,16 +74,33 @@ void run(void (*kernel)(Args...), unsigned grid, unsigned block, uint64_t seed, 
   std::iota(order.begin(), order.end(), uint64_t{0});
   std::shuffle(order.begin(), order.end(), std::mt19937_64(seed));
   blockDim.x = block;
+  // Called through a volatile pointer, so the compiler can neither inline the kernel nor move its
+  // floating-point work across the MXCSR writes (it does not see them as a dependency).
+  void (*volatile launch)(Args...) = kernel;
+  constexpr bool f32 = (std::is_same_v<Args, const float*> || ...);
+  const FlushSubnormals flush(f32);
   for (const uint64_t t : order) {
     blockIdx.x = static_cast<unsigned>(t / block);
     threadIdx.x = static_cast<unsigned>(t % block);
-    kernel(args...);
+    launch(args...);
   }
 }
+
+int less_than(float a, float b) { return a < b; }
 
 }  // namespace
 
 extern "C" {
+
+// Whether float32 launches flush subnormals here, and a float32 comparison made the way the
+// float32 kernels make theirs (for the tests that check the mode is live).
+int flushes_subnormals() { return TOPOOT_FLUSH_SUBNORMALS; }
+
+int flushed_less(float a, float b) {
+  int (*volatile compare)(float, float) = less_than;  // opaque: not moved across the MXCSR writes
+  const FlushSubnormals flush(true);
+  return compare(a, b);
+}
 
 void run_descent_f32(unsigned g, unsigned b, uint64_t seed, const float* w, i64* parent, int H, int W, i64 n,
                      int conn8, int outside) {

@@ -11,10 +11,26 @@
 // No includes: NVRTC has no standard headers.
 
 typedef long long i64;
+typedef unsigned long long u64;
 
-template <typename T>
-__device__ __forceinline__ bool earlier(T wq, i64 q, T wp, i64 p) {
-  return wq < wp || (wq == wp && q < p);
+// Order-preserving unsigned keys of the values, compared instead of the values: CuPy has NVRTC
+// compile with -ftz=true, under which float32 comparisons flush subnormals to zero, and the CPU
+// core orders subnormals exactly. -0.0 is folded onto +0.0, which compare equal as values.
+__device__ __forceinline__ unsigned order_key(float x) {
+  unsigned u = __float_as_uint(x);
+  if (u == 0x80000000u) u = 0;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ u64 order_key(double x) {
+  u64 u = static_cast<u64>(__double_as_longlong(x));
+  if (u == 0x8000000000000000ull) u = 0;
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+// Whether node q (key kq) comes before node p (key kp) in the order (value, index).
+template <typename K>
+__device__ __forceinline__ bool earlier(K kq, i64 q, K kp, i64 p) {
+  return kq < kp || (kq == kp && q < p);
 }
 
 template <typename T>
@@ -25,17 +41,17 @@ __device__ void descent(const T* w, i64* parent, int H, int W, i64 n_pixels, int
   const i64 b = x / P, p = x % P;
   const int i = static_cast<int>(p / W), j = static_cast<int>(p % W);
   i64 best = p;
-  T best_w = w[x];
+  auto best_k = order_key(w[x]);
   for (int di = -1; di <= 1; ++di) {
     for (int dj = -1; dj <= 1; ++dj) {
       if ((di == 0 && dj == 0) || (!conn8 && di != 0 && dj != 0)) continue;
       const int ii = i + di, jj = j + dj;
       if (ii < 0 || ii >= H || jj < 0 || jj >= W) continue;
       const i64 q = p + static_cast<i64>(di) * W + dj;
-      const T wq = w[b * P + q];
-      if (earlier(wq, q, best_w, best)) {
+      const auto kq = order_key(w[b * P + q]);
+      if (earlier(kq, q, best_k, best)) {
         best = q;
-        best_w = wq;
+        best_k = kq;
       }
     }
   }
@@ -52,14 +68,14 @@ __device__ void boundary(const T* w, const i64* root, i64* saddle, int H, int W,
   const int i = static_cast<int>(p / W), j = static_cast<int>(p % W);
   const int nd = conn8 ? 4 : 2;
   const int dis[4] = {0, 1, 1, 1}, djs[4] = {1, 0, 1, -1};
-  const T wp = w[x];
+  const auto kp = order_key(w[x]);
   const i64 rp = root[b * (P + 1) + p];
   for (int d = 0; d < nd; ++d) {
     const int ii = i + dis[d], jj = j + djs[d];
     i64 s = -1;
     if (ii < H && jj >= 0 && jj < W) {
       const i64 q = p + static_cast<i64>(dis[d]) * W + djs[d];
-      if (root[b * (P + 1) + q] != rp) s = earlier(wp, p, w[b * P + q], q) ? q : p;
+      if (root[b * (P + 1) + q] != rp) s = earlier(kp, p, order_key(w[b * P + q]), q) ? q : p;
     }
     saddle[x * nd + d] = s;
   }
