@@ -145,3 +145,24 @@ def test_cuda_source_orders_subnormals_exactly(on_host):
         rows = cuda_source_rows(t, "T", filtration)
         assert rows == cpu_rows(t, "T", filtration)
     assert any(r[5] >= 0 for r in cuda_source_rows(t, "T", "superlevel"))  # a finite pair
+
+
+def test_the_nvrtc_build_compares_no_floats(tmp_path):
+    # CuPy has NVRTC compile with -ftz=true: any float32 comparison would be `setp.*.ftz.f32` and
+    # flush subnormals. nvcc -ftz=true emits the same PTX instructions; the kernels must hold none.
+    import re
+    import shutil
+    import subprocess
+
+    from topoot_gpu.persistence._cuda import cuda_source
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found (CI has it)")
+    src = tmp_path / "persistence_cuda.cu"
+    src.write_text(cuda_source())
+    ptx = tmp_path / "persistence_cuda.ptx"
+    subprocess.run([nvcc, "-ptx", "-ftz=true", "-std=c++17", "-arch=sm_90", "-o", str(ptx), str(src)], check=True)
+    comparisons = set(re.findall(r"setp\.[a-z0-9.]+", ptx.read_text()))
+    assert comparisons, "no comparison found: the PTX reading is broken"
+    assert not [c for c in comparisons if c.endswith((".f32", ".f64"))], sorted(comparisons)
