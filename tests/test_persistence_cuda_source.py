@@ -166,3 +166,27 @@ def test_the_nvrtc_build_compares_no_floats(tmp_path):
     comparisons = set(re.findall(r"setp\.[a-z0-9.]+", ptx.read_text()))
     assert comparisons, "no comparison found: the PTX reading is broken"
     assert not [c for c in comparisons if c.endswith((".f32", ".f64"))], sorted(comparisons)
+
+
+def test_pointer_jumping_is_exact_with_stale_reads(rng, host_kernels):
+    # jump rewrites parents in place while others read them: any mix of fresh and pre-launch reads
+    # must give the same roots, so the same pairs.
+    with cuda_host_kernels(host_kernels, stale_reads=0.5):
+        for maps in batches(rng)[:5]:
+            t = torch.from_numpy(maps)
+            for construction, filtration in CASES:
+                assert cuda_source_rows(t, construction, filtration) == cpu_rows(t, construction, filtration)
+
+
+def test_stale_read_mode_is_live(host_kernels):
+    # All reads stale is synchronous pointer doubling: a descent path of 512 steps (an increasing
+    # strip) needs exactly log2(512) = 9 rounds, and one more that changes nothing.
+    t = torch.arange(513, dtype=torch.float64)[None, None]
+    for stale, rounds in ((1.0, 10), (0.0, None)):
+        launched: list[str] = []
+        with cuda_host_kernels(host_kernels, launched, stale_reads=stale):
+            assert cuda_source_rows(t, "T", "sublevel", dims=(0,)) == cpu_rows(t, "T", "sublevel", dims=(0,))
+        if rounds is not None:
+            assert launched.count("jump") == rounds
+        else:
+            assert launched.count("jump") < 10  # in-place reads of rewritten parents only speed it up

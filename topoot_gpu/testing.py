@@ -218,10 +218,11 @@ def build_cuda_host_kernels(directory: Path) -> ctypes.CDLL | None:
     return ctypes.CDLL(str(lib))
 
 
-def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None):
+def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None, stale_reads: float = 0.0):
     """A stand-in for ``persistence._cuda._launch`` on CPU tensors: the same grid and block, every
     launch's threads run in a shuffled order (a fresh seed per launch); names appended to
-    ``launched``."""
+    ``launched``. ``stale_reads``: the probability that a thread of ``jump`` reads the parents as
+    they were before the launch (the in-place race of the GPU; 1.0 is synchronous pointer doubling)."""
     seeds = itertools.count(1)
 
     def launch(name: str, n: int, device: torch.device, *args) -> None:
@@ -241,7 +242,11 @@ def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None):
                 c_args.append(ctypes.c_int64(int(a)))
             else:
                 raise TypeError(f"{name}: argument of type {type(a)} would not reach the kernel as declared")
-        getattr(lib, f"run_{name}")(ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds)), *c_args)
+        head = [ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds))]
+        if name == "jump" and stale_reads:
+            lib.run_jump_stale(*head, ctypes.c_double(stale_reads), *c_args)
+        else:
+            getattr(lib, f"run_{name}")(*head, *c_args)
         if launched is not None:
             launched.append(name)
 
@@ -249,17 +254,20 @@ def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None):
 
 
 @contextlib.contextmanager
-def cuda_host_kernels(lib: ctypes.CDLL | None = None, launched: list[str] | None = None) -> Iterator[ctypes.CDLL]:
+def cuda_host_kernels(
+    lib: ctypes.CDLL | None = None, launched: list[str] | None = None, stale_reads: float = 0.0
+) -> Iterator[ctypes.CDLL]:
     """Run the ``"cuda"`` persistence backend's kernels on the host while inside: its launches go to
     the source compiled for the host (``lib``, or one built in a temporary folder) and it takes CPU
-    tensors. Everything is restored on exit. Raises ``RuntimeError`` without a C++ compiler."""
+    tensors; ``launched`` and ``stale_reads`` as in :func:`host_launcher`. Everything is restored on
+    exit. Raises ``RuntimeError`` without a C++ compiler."""
     with contextlib.ExitStack() as stack:
         if lib is None:
             lib = build_cuda_host_kernels(Path(stack.enter_context(tempfile.TemporaryDirectory())))
             if lib is None:
                 raise RuntimeError("no C++ compiler (c++ or g++) to build the CUDA kernels for the host")
         saved = _cuda._launch
-        _cuda._launch = host_launcher(lib, launched)
+        _cuda._launch = host_launcher(lib, launched, stale_reads)
         backends.HOST_EMULATED.add("cuda")
         try:
             yield lib

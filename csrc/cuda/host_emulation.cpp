@@ -116,6 +116,36 @@ void run_jump(unsigned g, unsigned b, uint64_t seed, i64* parent, i64 stride, i6
   run(jump, g, b, seed, parent, stride, n, changed);
 }
 
+// jump with stale reads. On the GPU, jump rewrites parent in place while other threads read it, so a
+// thread may read a parent from before the launch although another thread has rewritten it (the
+// kernel's plain loads and stores: a benign race, since any ancestor is a valid parent). Here each
+// thread reads the pre-launch parents with probability p_stale (its two loads together), else the
+// current ones; p_stale = 1 is synchronous pointer doubling. Thread x writes parent[x] only.
+void run_jump_stale(unsigned g, unsigned b, uint64_t seed, double p_stale, i64* parent, i64 stride, i64 n,
+                    int* changed) {
+  const std::vector<i64> before(parent, parent + n);
+  std::vector<i64> view(before);  // what a stale thread reads (and writes, copied back at once)
+  std::vector<uint64_t> order(static_cast<size_t>(g) * b);
+  std::iota(order.begin(), order.end(), uint64_t{0});
+  std::mt19937_64 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::bernoulli_distribution stale(p_stale);
+  blockDim.x = b;
+  void (*volatile launch)(i64*, i64, i64, int*) = jump;
+  for (const uint64_t t : order) {
+    blockIdx.x = static_cast<unsigned>(t / b);
+    threadIdx.x = static_cast<unsigned>(t % b);
+    const i64 x = static_cast<i64>(t);
+    if (x < n && stale(rng)) {
+      launch(view.data(), stride, n, changed);
+      parent[x] = view[x];
+      view[x] = before[x];
+    } else {
+      launch(parent, stride, n, changed);
+    }
+  }
+}
+
 void run_boundary_f32(unsigned g, unsigned b, uint64_t seed, const float* w, const i64* root, i64* saddle, int H,
                       int W, i64 n, int conn8) {
   run(boundary_f32, g, b, seed, w, root, saddle, H, W, n, conn8);
