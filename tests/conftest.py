@@ -2,7 +2,8 @@
 
 Set ``TOPOOT_TEST_SEED`` to replay a run. Without a GPU, Triton runs its kernels under its
 interpreter (``TRITON_INTERPRET=1``, which must be set before Triton is first imported), so the
-Triton backends are tested on every run.
+Triton backends are tested on every run; the GPU persistence kernels' outputs are checked for
+unwritten entries (``TOPOOT_CHECK_KERNELS=1``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The GPU persistence kernels' outputs poisoned and checked for unwritten entries (off by default:
+# each check synchronises the device). Read when topoot_gpu is imported, after this file.
+os.environ.setdefault("TOPOOT_CHECK_KERNELS", "1")
 
 
 @pytest.fixture

@@ -190,3 +190,13 @@ def test_stale_read_mode_is_live(host_kernels):
             assert launched.count("jump") == rounds
         else:
             assert launched.count("jump") < 10  # in-place reads of rewritten parents only speed it up
+
+
+def test_outputs_are_poisoned_and_checked_only_when_asked(monkeypatch):
+    # The tests run with TOPOOT_CHECK_KERNELS=1 (conftest.py); the hot path neither fills nor checks.
+    assert _basins.CHECK_KERNELS
+    assert bool((_basins.output((3, 4), torch.device("cpu")) == -7).all())
+    with pytest.raises(RuntimeError, match="jump left entries unwritten"):
+        _basins._check_written(torch.tensor([0, -7]), 0, "jump")
+    monkeypatch.setattr(_basins, "CHECK_KERNELS", False)
+    _basins._check_written(torch.tensor([0, -7]), 0, "jump")  # no check, no synchronisation

@@ -30,6 +30,7 @@ the host is then linear in that graph (the sort is done on the device).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from types import ModuleType
 
@@ -43,6 +44,24 @@ from .. import _C
 # far below a GPU's memory while still filling it (2**25 pixels: 668 maps of 224x224, 128 of
 # 512x512).
 CHUNK_PIXELS = 1 << 25
+
+#: Poison the kernels' outputs and check that every entry was written, at the price of a device
+#: synchronisation per check: on with ``TOPOOT_CHECK_KERNELS=1`` (the tests set it), off on the hot
+#: path otherwise.
+CHECK_KERNELS = os.environ.get("TOPOOT_CHECK_KERNELS") == "1"
+
+
+def output(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An int64 output buffer of a kernel, poisoned with -7 (never a valid entry) under
+    :data:`CHECK_KERNELS`."""
+    if CHECK_KERNELS:
+        return torch.full(shape, -7, dtype=torch.int64, device=device)
+    return torch.empty(shape, dtype=torch.int64, device=device)
+
+
+def _check_written(x: torch.Tensor, lowest: int, kernel: str) -> None:
+    if CHECK_KERNELS and bool((x < lowest).any()):
+        raise RuntimeError(f"{kernel} left entries unwritten")
 
 
 def basin_persistence(
@@ -132,22 +151,31 @@ def basin_edges(
     stage = on_stage or (lambda name: None)
     B, P = w.shape
     parent = kernels.descent(w, H, W, conn8, outside)
-    if bool((parent < 0).any()):
-        raise RuntimeError("descent left entries unwritten")
+    _check_written(parent, 0, "descent")
     stage("descent")
     root = kernels.jump(parent)
     stage("jump")
     saddle = kernels.boundary(w, root, H, W, conn8)
-    if bool((saddle < -1).any()):
-        raise RuntimeError("boundary left entries unwritten")
+    _check_written(saddle, -1, "boundary")
     stage("boundary")
     image, s, lo, hi = basin_graph(w, saddle, root, W, conn8)
-    edges = (s, lo, hi, _w_at(w, image, s), _w_at(w, image, lo), _w_at(w, image, hi))
     offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device))
+    values = (_w_at(w, image, s), _w_at(w, image, lo), _w_at(w, image, hi))
+    # One copy to the host: the int64 arrays and the float64 values' bits in one buffer (pinned,
+    # so the copy needs no staging through pageable memory).
+    packed = torch.cat([offsets, s, lo, hi, *(v.view(torch.int64) for v in values)])
     stage("basin_graph")
-    host = tuple(t.cpu().numpy() for t in (offsets, *edges))
+    if packed.device.type == "cpu":
+        host = packed.numpy()
+    else:
+        host = torch.empty(packed.shape, dtype=torch.int64, pin_memory=True)
+        host.copy_(packed)
+        host = host.numpy()
     stage("to_host")
-    return host
+    E = len(s)
+    ints = np.split(host[: B + 1 + 3 * E], [B + 1, B + 1 + E, B + 1 + 2 * E])
+    floats = np.split(host[B + 1 + 3 * E :].view(np.float64), [E, 2 * E])
+    return (*ints, *floats)
 
 
 def _w_at(w: torch.Tensor, image: torch.Tensor, node: torch.Tensor) -> torch.Tensor:

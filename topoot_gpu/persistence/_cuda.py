@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..core import backends
-from ._basins import basin_persistence
+from ._basins import basin_persistence, output
 
 BLOCK = 256
 
@@ -67,7 +67,7 @@ def _suffix(w: torch.Tensor) -> str:
 def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torch.Tensor:
     """``[B, P + 1]`` int64: each pixel's steepest lower neighbour; entry ``P`` is the outside node."""
     B, P = w.shape
-    parent = torch.full((B, P + 1), -7, dtype=torch.int64, device=w.device)  # poison: unwritten shows
+    parent = output((B, P + 1), w.device)
     parent[:, P] = P
     _launch(
         f"descent_{_suffix(w)}", B * P, w.device,
@@ -92,7 +92,7 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     """``[B * P * ND]`` int64: the saddle of each (pixel, direction) pair across two basins, else -1."""
     B, P = w.shape
     nd = 4 if conn8 else 2
-    saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
+    saddle = output((B * P * nd,), w.device)
     _launch(
         f"boundary_{_suffix(w)}", B * P, w.device,
         w, root, saddle, np.int32(H), np.int32(W), np.int64(B * P), np.int32(conn8),

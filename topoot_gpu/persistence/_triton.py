@@ -22,7 +22,7 @@ from functools import partial
 
 import torch
 
-from ._basins import basin_persistence
+from ._basins import basin_persistence, output
 
 try:
     import triton
@@ -102,7 +102,7 @@ def _grid(n: int):
 def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torch.Tensor:
     """``[B, P + 1]`` int64: each pixel's steepest lower neighbour; entry ``P`` is the outside node."""
     B, P = w.shape
-    parent = torch.full((B, P + 1), -7, dtype=torch.int64, device=w.device)  # poison: unwritten shows
+    parent = output((B, P + 1), w.device)
     parent[:, P] = P
     _descent_kernel[_grid(B * P)](w, parent, H, W, B * P, OUTSIDE=outside, CONN8=conn8, BLOCK=BLOCK)
     return parent
@@ -122,7 +122,7 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     """``[B * P * ND]`` int64: the saddle of each (pixel, direction) pair across two basins, else -1."""
     B, P = w.shape
     nd = 4 if conn8 else 2
-    saddle = torch.full((B * P * nd,), -7, dtype=torch.int64, device=w.device)  # poison
+    saddle = output((B * P * nd,), w.device)
     _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, ND=nd, BLOCK=BLOCK)
     return saddle
 
