@@ -200,3 +200,52 @@ def test_outputs_are_poisoned_and_checked_only_when_asked(monkeypatch):
         _basins._check_written(torch.tensor([0, -7]), 0, "jump")
     monkeypatch.setattr(_basins, "CHECK_KERNELS", False)
     _basins._check_written(torch.tensor([0, -7]), 0, "jump")  # no check, no synchronisation
+
+
+@pytest.mark.parametrize("cupy_14", [True, False])
+def test_launches_reuse_the_module_kernels_and_stream_views(monkeypatch, cupy_14):
+    # _launch against a stand-in CuPy (no GPU here): one module, one handle per kernel, one stream
+    # view per torch stream, built with Stream.from_external where CuPy has it (ExternalStream is
+    # deprecated in CuPy 14 and warned on every launch when built per launch).
+    import contextlib
+    import sys
+    import types
+
+    from topoot_gpu.persistence import _cuda
+
+    made = {"module": 0, "function": [], "stream": [], "launch": []}
+
+    class Context(contextlib.nullcontext):
+        pass
+
+    class Module:
+        def __init__(self, code, options):
+            assert "descent_f32" in code and "-std=c++17" in options
+            made["module"] += 1
+
+        def get_function(self, name):
+            made["function"].append(name)
+            return lambda grid, block, args: made["launch"].append((name, grid, block, len(args)))
+
+    class Stream(Context):
+        pass
+
+    if cupy_14:
+        Stream.from_external = staticmethod(lambda obj: made["stream"].append(obj.__cuda_stream__()) or Stream())
+    cuda = types.SimpleNamespace(Device=lambda index: Context(), Stream=Stream)
+    cuda.ExternalStream = lambda handle, device: made["stream"].append((0, handle)) or Stream()
+    fake = types.SimpleNamespace(cuda=cuda, RawModule=Module, asarray=lambda t: t)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=77))
+    for f in (_cuda._module, _cuda._kernel, _cuda._stream):
+        f.cache_clear()
+    try:
+        device = torch.device("cuda", 0)
+        for name in ("descent_f32", "descent_f32", "jump"):
+            _cuda._launch(name, 1000, device, torch.zeros(3), np.int32(4))
+    finally:
+        for f in (_cuda._module, _cuda._kernel, _cuda._stream):
+            f.cache_clear()
+    assert made["module"] == 1 and made["function"] == ["descent_f32", "jump"]
+    assert made["stream"] == [(0, 77)]
+    assert made["launch"] == [(n, (4,), (256,), 2) for n in ("descent_f32", "descent_f32", "jump")]

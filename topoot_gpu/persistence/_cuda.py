@@ -49,14 +49,41 @@ def _module(device: int):
         return cupy.RawModule(code=cuda_source(), options=("-std=c++17",))
 
 
+@cache
+def _kernel(device: int, name: str):
+    return _module(device).get_function(name)
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` in the CUDA stream protocol (``__cuda_stream__``: version 0, handle)."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.handle)
+
+
+@cache
+def _stream(device: int, handle: int):
+    """CuPy's non-owning view of the torch stream ``handle``, made once per stream: CuPy 14 builds it
+    with ``Stream.from_external`` (``ExternalStream``, which it deprecates, before)."""
+    cupy = _cupy()
+    with cupy.cuda.Device(device):
+        if hasattr(cupy.cuda.Stream, "from_external"):
+            return cupy.cuda.Stream.from_external(_StreamHandle(handle))
+        return cupy.cuda.ExternalStream(handle, device)
+
+
 def _launch(name: str, n: int, device: torch.device, *args) -> None:
     """Kernel ``name`` on ``n`` threads (blocks of ``BLOCK``) on torch's current stream; tensor
-    arguments are passed zero-copy (``__cuda_array_interface__``), numpy scalars by value."""
+    arguments are passed zero-copy (``__cuda_array_interface__``), numpy scalars by value. The
+    module, the kernel handles and the stream views are cached."""
     cupy = _cupy()
-    kernel = _module(device.index).get_function(name)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    kernel = _kernel(index, name)
     args = tuple(cupy.asarray(a) if isinstance(a, torch.Tensor) else a for a in args)
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index)
-    with cupy.cuda.Device(device.index), stream:
+    with cupy.cuda.Device(index), _stream(index, torch.cuda.current_stream(device).cuda_stream):
         kernel(((n + BLOCK - 1) // BLOCK,), (BLOCK,), args)
 
 
