@@ -25,20 +25,21 @@ from topoot_gpu.testing import transport_problem as random_problem  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.mark.parametrize("reg", [0.05, 0.3, 0.03])  # 0.3 and 0.03: reciprocals not exact in fp32
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_triton_matches_torch_and_pot(rng, dtype):
+def test_triton_matches_torch_and_pot(rng, dtype, reg):
     problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(1, 1), (3, 5), (17, 9), (32, 32)]]
     a, b, M = (x.to(DEVICE) for x in pad_batch(problems, dtype=dtype))
     stop = 1e-9 if dtype == torch.float64 else 1e-6
-    tri = sinkhorn(a, b, M, reg=0.05, max_iter=3000, stop_thr=stop, backend="triton")
-    ref = sinkhorn(a, b, M, reg=0.05, max_iter=3000, stop_thr=stop, domain="log", backend="torch")
+    tri = sinkhorn(a, b, M, reg=reg, max_iter=3000, stop_thr=stop, backend="triton")
+    ref = sinkhorn(a, b, M, reg=reg, max_iter=3000, stop_thr=stop, domain="log", backend="torch")
     assert not torch.isnan(tri.plan).any(), "an output entry was not written"
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     assert torch.allclose(tri.plan, ref.plan, rtol=0, atol=tol)
     if dtype == torch.float64:
         assert torch.equal(tri.n_iter.cpu(), ref.n_iter.cpu())
         for k, (ak, bk, Mk) in enumerate(problems):
-            G, log = ot.sinkhorn(ak, bk, Mk, 0.05, method="sinkhorn_log", numItermax=3000, stopThr=1e-9, log=True)
+            G, log = ot.sinkhorn(ak, bk, Mk, reg, method="sinkhorn_log", numItermax=3000, stopThr=1e-9, log=True)
             n, m = G.shape
             assert np.abs(tri.plan[k, :n, :m].cpu().numpy() - G).max() <= 1e-9
             assert int(tri.n_iter[k]) == log["niter"]
@@ -83,3 +84,82 @@ def test_triton_best_stability_matches_the_cpp_backend(rng):
         for name in ("s_row", "c_row", "s_col", "c_col"):
             torch.testing.assert_close(getattr(tri, name).cpu(), getattr(cpp, name), rtol=0, atol=1e-12)
         assert torch.equal(tri.n_iter.cpu(), cpp.n_iter)
+
+
+def test_real_parameters_reach_the_kernel_in_the_problems_dtype(rng, monkeypatch):
+    # Triton passes Python floats as fp32 scalars (the interpreter keeps fp64, so no result here
+    # could show it): every real-valued argument must come as a tensor of the problem's dtype.
+    from topoot_gpu.transport import _triton
+
+    seen = []
+    kernel = _triton._sinkhorn_log_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(args)
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(_triton, "_sinkhorn_log_kernel", Spy())
+    for dtype in (torch.float64, torch.float32):
+        a, b, M = (x.to(DEVICE) for x in pad_batch([random_problem(rng, 4, 5)], dtype=dtype))
+        sinkhorn(a, b, M, reg=0.3, stop_thr=1e-7, backend="triton")
+        args = seen[-1]
+        assert not [x for x in args if isinstance(x, float)], args
+        params = [x for x in args if isinstance(x, torch.Tensor) and x.numel() == 2]
+        assert len(params) == 1 and params[0].dtype == dtype
+        assert params[0].tolist() == pytest.approx([0.3, 1e-7], rel=1e-7)
+
+
+# Compiled in a process of its own: under TRITON_INTERPRET=1 (set for these tests without a GPU)
+# the kernels are interpreted functions, which Triton cannot compile.
+HOPPER_COMPILE = """
+import re, subprocess, sys, tempfile
+from pathlib import Path
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from topoot_gpu.transport import _triton
+dtype, block = sys.argv[1], int(sys.argv[2])
+pointers = ("M_ptr", "a_ptr", "b_ptr", "plan_ptr", "u_ptr", "v_ptr", "err_ptr", "params_ptr")
+sig = {k: "*" + dtype for k in pointers}
+sig.update(niter_ptr="*i64", n="i32", m="i32", max_iter="i32", BLOCK_N="constexpr", BLOCK_M="constexpr")
+src = ASTSource(fn=_triton._sinkhorn_log_kernel, signature=sig, constexprs={"BLOCK_N": block, "BLOCK_M": block})
+kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": _triton.num_warps(block, block)})
+cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+with tempfile.TemporaryDirectory() as d:
+    cubin = Path(d) / "k.cubin"
+    cubin.write_bytes(kernel.asm["cubin"])
+    usage = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], capture_output=True, text=True, check=True)
+print(*re.search(r"REG:(\\d+) STACK:(\\d+)", usage.stdout).groups())
+"""
+
+
+def compile_for_hopper(dtype: str, block: int) -> tuple[int, int]:
+    """The Sinkhorn kernel compiled ahead of time for sm_90 (no GPU needed) with the launcher's
+    warps: ``(registers, stack bytes)`` of the cubin (stack > 0: the tile spills)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", HOPPER_COMPILE, dtype, str(block)], capture_output=True, text=True, env=env,
+        timeout=600, cwd=tempfile.gettempdir(),  # not the checkout: the installed package, with its _C
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    regs, stack = run.stdout.split()
+    return int(regs), int(stack)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_sinkhorn_tiles_up_to_64_fit_in_hopper_registers(dtype):
+    # The whole tile lives in registers through the iteration loop; with Triton's default 4 warps a
+    # 64 x 64 tile spilled (the GPU audit). Compiled for sm_90 here, without a GPU.
+    from topoot_gpu.transport import _triton
+
+    for block in (16, 32, _triton.REGISTER_TILE):
+        regs, stack = compile_for_hopper(dtype, block)
+        assert stack == 0, f"{dtype} {block}x{block}: {regs} registers, {stack} bytes of stack (spills)"

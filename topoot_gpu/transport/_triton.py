@@ -4,9 +4,13 @@ problem, every iteration in one launch.
 Each program loads its padded problem (``n, m <= TRITON_MAX_SIZE``) once and iterates on chip: the
 ``v`` update, the ``u`` update and, every 10 iterations, the column-marginal check, exactly as
 :func:`topoot_gpu.transport.api.sinkhorn` in the log domain (POT ``sinkhorn_log``). A larger
-problem raises a ``ValueError`` (it would not fit on chip; the ``"torch"`` backend takes it). Runs
-on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (set before this module is
-imported), which is how CI tests it.
+problem raises a ``ValueError`` (the ``"torch"`` backend takes it). Runs on CUDA tensors, or on CPU
+tensors under ``TRITON_INTERPRET=1`` (set before this module is imported), which is how CI tests it.
+
+The tile is held in registers: the warps per program grow with it (:func:`num_warps`) so that up to
+64 x 64 (float32 and float64) it fits in sm_90's registers without spilling; larger tiles, up to
+``TRITON_MAX_SIZE``, run correctly but spill to local memory (compiled ahead of time for sm_90 in
+``tests/test_transport_triton.py``, which checks the first and records the second).
 """
 
 from __future__ import annotations
@@ -24,8 +28,17 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 #: The domains this backend runs.
 DOMAINS = ("log",)
-#: Largest n, m the kernel holds on chip.
+#: Largest n, m the kernel takes (a padded tile up to 256 x 256; above 64 it spills, see above).
 TRITON_MAX_SIZE = 256
+#: Largest tile side that fits in registers without spilling (sm_90, float32 and float64).
+REGISTER_TILE = 64
+
+
+def num_warps(block_n: int, block_m: int) -> int:
+    """Warps per program for a ``block_n x block_m`` tile: 4 up to 32 x 32, then twice as many per
+    doubling of the side (8 at 64, 16 at 128, 32 at 256), so each thread holds a bounded share."""
+    side = max(block_n, block_m)
+    return 4 if side <= 32 else min(32, 8 * (side // 64))
 
 
 @triton.jit
@@ -42,12 +55,27 @@ def _lse(x, axis: tl.constexpr):
 
 
 @triton.jit
+def _sqrt_rn(x):
+    """The correctly rounded square root, as the other backends take it (``tl.sqrt`` is an
+    approximation in fp32, and ``tl.sqrt_rn`` takes fp32 only)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+# Sizes and the iteration count are not specialised on (one compile per tile serves every shape).
+# reg and stop_thr come in a tensor of the problem's dtype: Triton passes Python floats as fp32
+# scalars, which would round 0.3 and move a float64 plan by ~1e-10.
+@triton.jit(do_not_specialize=["n", "m", "max_iter"])
 def _sinkhorn_log_kernel(
-    M_ptr, a_ptr, b_ptr, plan_ptr, u_ptr, v_ptr, niter_ptr, err_ptr,
-    n, m, inv_reg, max_iter, stop_thr,
+    M_ptr, a_ptr, b_ptr, plan_ptr, u_ptr, v_ptr, niter_ptr, err_ptr, params_ptr,
+    n, m, max_iter,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
+    reg = tl.load(params_ptr)
+    stop_thr = tl.load(params_ptr + 1)
     rows = tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_M)
     a = tl.load(a_ptr + pid * n + rows, mask=rows < n, other=0.0)
@@ -57,7 +85,7 @@ def _sinkhorn_log_kernel(
     real = row_real[:, None] & col_real[None, :]
     offs = pid * n * m + rows[:, None] * m + cols[None, :]
     M = tl.load(M_ptr + offs, mask=(rows[:, None] < n) & (cols[None, :] < m), other=0.0)
-    Mr = tl.where(real, -M * inv_reg, float("-inf"))
+    Mr = tl.where(real, -M / reg, float("-inf"))  # as POT and the other backends write it
     loga = tl.where(row_real, tl.log(tl.where(row_real, a, 1.0)), float("-inf"))
     logb = tl.where(col_real, tl.log(tl.where(col_real, b, 1.0)), float("-inf"))
     u = tl.where(row_real, 0.0, float("-inf")).to(M.dtype)
@@ -75,7 +103,7 @@ def _sinkhorn_log_kernel(
         if it % 10 == 0:
             colsum = tl.sum(tl.exp(Mr + u[:, None] + v[None, :]), 0)
             d = tl.where(cols < m, colsum - b, 0.0)
-            err = tl.sqrt(tl.sum(d * d, 0))
+            err = _sqrt_rn(tl.sum(d * d, 0))
             if err < stop_thr:
                 go = False
                 niter = it
@@ -109,11 +137,13 @@ def sinkhorn(
     log_v = torch.full_like(b, float("nan"))
     n_iter = torch.full((B,), -1, dtype=torch.int64, device=M.device)
     err = torch.full((B,), float("nan"), dtype=M.dtype, device=M.device)
+    params = torch.tensor([reg, stop_thr], dtype=M.dtype, device=M.device)
+    block_n, block_m = max(16, triton.next_power_of_2(n)), max(16, triton.next_power_of_2(m))
     if B:
         _sinkhorn_log_kernel[(B,)](
-            M, a, b, plan, log_u, log_v, n_iter, err,
-            n, m, 1.0 / reg, max_iter, stop_thr,
-            BLOCK_N=max(16, triton.next_power_of_2(n)), BLOCK_M=max(16, triton.next_power_of_2(m)),
+            M, a, b, plan, log_u, log_v, n_iter, err, params,
+            n, m, max_iter,
+            BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps(block_n, block_m),
         )  # fmt: skip
     return SinkhornResult(plan, log_u, log_v, n_iter, err, "log")
 
