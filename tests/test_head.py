@@ -160,6 +160,23 @@ def test_constant_labels_are_returned_untrained(rng):
     assert masks[2].any()
 
 
+def test_resize_is_bilinear_interpolation_as_two_products(rng):
+    # The head resizes its first layer's output with fixed interpolation matrices (a deterministic
+    # gradient on CUDA); it must be F.interpolate's bilinear, align_corners=False, up or down.
+    from topoot_gpu.head.training import _Resize
+
+    for h, w, H, W in ((28, 28, 224, 224), (7, 8, 29, 32), (5, 3, 17, 9), (1, 1, 4, 4), (10, 12, 5, 7)):
+        z = torch.from_numpy(rng.normal(size=(2, h * w, 6))).requires_grad_(True)
+        grid = z.view(2, h, w, 6).permute(0, 3, 1, 2)
+        ref = F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        out = _Resize(h, w, H, W, torch.float64, torch.device("cpu"))(z)
+        torch.testing.assert_close(out, ref.reshape(2, H * W, 6), rtol=0, atol=1e-14)
+        g = torch.from_numpy(rng.normal(size=(2, H * W, 6)))
+        (grad,) = torch.autograd.grad(out, z, g)
+        (grad_ref,) = torch.autograd.grad(ref.reshape(2, H * W, 6), z, g)
+        torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-13)
+
+
 def test_map_features_are_documented_channels(rng):
     a = torch.from_numpy(normalise_maps(rng.random((2, 9, 13))))
     f = map_features(a)

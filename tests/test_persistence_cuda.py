@@ -78,3 +78,15 @@ def test_cuda_batches_in_chunks(rng, monkeypatch):
     whole = _rows(cubical_persistence(t.cuda(), backend="cuda"))
     monkeypatch.setattr(_basins, "CHUNK_PIXELS", 3 * 224 * 224)
     assert _rows(cubical_persistence(t.cuda(), backend="cuda")) == whole == _rows(cubical_persistence(t))
+
+
+def test_cuda_on_a_non_default_stream(rng):
+    # The kernels go to torch's current stream: work queued there before them (the maps' copy)
+    # must be seen, and their results before the host reads them.
+    pytest.importorskip("cupy")
+    host = torch.from_numpy(np.concatenate([rng.random((4, 96, 80)), smooth_maps(rng, 4, 96, 80)])).float()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        maps = host.cuda(non_blocking=True)
+        gpu = cubical_persistence(maps * 1.0, backend="cuda")
+    assert _rows(gpu) == _rows(cubical_persistence(host))

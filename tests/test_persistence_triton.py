@@ -26,6 +26,8 @@ from topoot_gpu.testing import persistence_batches as batches  # noqa: E402
 from topoot_gpu.testing import persistence_cases, tied_maps  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# On a GPU these are the compiled Triton kernels' tests, so `pytest -m cuda` runs them there.
+pytestmark = [pytest.mark.cuda] if torch.cuda.is_available() else []
 CASES = persistence_cases
 
 

@@ -183,3 +183,19 @@ def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot():
         topoot_gpu.keep_freed_memory(mmap_threshold=0)
     with pytest.raises(ValueError, match="trim_threshold"):
         topoot_gpu.keep_freed_memory(trim_threshold=2**31)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_refine_without_features_gives_the_cpu_masks(rng):
+    # map_features' blurs are convolutions: full float32 on CUDA (no TF32), so the features, labels
+    # and masks are the CPU's.
+    maps = torch.from_numpy(_maps(rng, 3, 40, 44)).float()
+    cpu = refine(maps, seed=6)
+    gpu = refine(maps.cuda(), seed=6)
+    assert torch.equal(gpu.pseudo_label.cpu(), cpu.pseudo_label)
+    assert (gpu.mask.cpu() == cpu.mask).float().mean() >= AGREEMENT
+    torch.testing.assert_close(
+        topoot_gpu.map_features(maps.cuda()).cpu(), topoot_gpu.map_features(maps), rtol=0, atol=1e-5
+    )
+    assert torch.equal(refine(maps.cuda(), seed=6).mask, gpu.mask)  # deterministic on the device

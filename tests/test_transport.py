@@ -233,3 +233,17 @@ def test_bad_diagrams_raise():
         diagram_costs([], [], kind="wasserstein")
     with pytest.raises(ValueError, match="Q"):
         diagram_costs([np.zeros((1, 2))], [np.array([[0.0, np.nan]])])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+def test_torch_backend_on_cuda_gives_the_cpp_plans(rng, domain):
+    problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(1, 1), (5, 9), (40, 23), (64, 64), (130, 70)]]
+    a, b, M = pad_batch(problems)
+    for reg in (0.3, 0.05):
+        cpu = sinkhorn(a, b, M, reg=reg, max_iter=15000, domain=domain, backend="cpp")
+        gpu = sinkhorn(a.cuda(), b.cuda(), M.cuda(), reg=reg, max_iter=15000, domain=domain, backend="torch")
+        assert gpu.plan.device.type == "cuda"
+        torch.testing.assert_close(gpu.plan.cpu(), cpu.plan, rtol=0, atol=1e-12)
+        assert torch.equal(gpu.n_iter.cpu(), cpu.n_iter)

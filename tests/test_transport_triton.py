@@ -23,6 +23,8 @@ from topoot_gpu.testing import pad_problems as pad_batch  # noqa: E402
 from topoot_gpu.testing import transport_problem as random_problem  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# On a GPU these are the compiled Triton kernels' tests, so `pytest -m cuda` runs them there.
+pytestmark = [pytest.mark.cuda] if torch.cuda.is_available() else []
 
 
 @pytest.mark.parametrize("reg", [0.05, 0.3, 0.03])  # 0.3 and 0.03: reciprocals not exact in fp32

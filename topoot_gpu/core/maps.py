@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -38,12 +39,26 @@ def map_features(maps: torch.Tensor) -> torch.Tensor:
     From the normalised map ``a`` (``[B, H, W]``, values in ``[0, 1]``): ``a``; Gaussian blurs of
     ``a`` at sigma 1, 2, 4 and 8 pixels; the gradient magnitude (central differences) of the
     sigma-1 and sigma-4 blurs; and the local contrast ``a - blur_8(a)``. Borders are replicated.
+    On CUDA the blurs run in full float32 (cuDNN's TF32 off for them), so the features are the
+    CPU's up to float32 rounding.
     """
     a = maps.to(torch.float32).unsqueeze(1)
-    blurs = {s: _gaussian_blur(a, s) for s in (1, 2, 4, 8)}
+    with _full_float32_convolutions():
+        blurs = {s: _gaussian_blur(a, s) for s in (1, 2, 4, 8)}
     channels = [a, blurs[1], blurs[2], blurs[4], blurs[8], _gradient_magnitude(blurs[1]), _gradient_magnitude(blurs[4])]
     channels.append(a - blurs[8])
     return torch.cat(channels, dim=1)
+
+
+@contextlib.contextmanager
+def _full_float32_convolutions():
+    """cuDNN convolutions in float32 run in TF32 (10-bit mantissa) by default; not inside."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

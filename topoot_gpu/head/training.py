@@ -34,7 +34,7 @@ def _train(
     H, W = size
     P = H * W
     dtype, device = x.dtype, x.device
-    grid = None if (h, w) == (H, W) else (H, W, h, w)
+    grid = None if (h, w) == (H, W) else _Resize(h, w, H, W, dtype, device)
     rows = x.permute(0, 2, 3, 1).reshape(B, h * w, C)
     hid = config.hidden(C)
     init = random.head_parameters(seed, C, hid, config.embed_dim, dtype, device)
@@ -68,17 +68,45 @@ def _pair_weights(seed: int, epoch: int, n_pairs: int, pair_batch: int, device) 
     return w
 
 
-def _embed(params: list[torch.Tensor], x: torch.Tensor, size: tuple[int, int, int, int] | None) -> torch.Tensor:
-    """``[B, rows, C] -> [B, P, E]``; with ``size = (H, W, h, w)`` the rows are an ``h x w`` grid
-    whose first layer output is resized bilinearly (``align_corners=False``) to ``H x W``."""
+class _Resize:
+    """Bilinear resizing (``align_corners=False``, as ``F.interpolate``) of ``[B, h * w, C]`` rows to
+    ``[B, H * W, C]`` as two products with fixed ``[H, h]`` and ``[W, w]`` interpolation matrices.
+    Its gradient is two products too: deterministic on CUDA, where ``F.interpolate``'s backward
+    accumulates with atomics (non-deterministic per torch's documentation)."""
+
+    def __init__(self, h: int, w: int, H: int, W: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.h, self.w, self.H, self.W = h, w, H, W
+        self.rows = _linear_interpolation(H, h).to(dtype=dtype, device=device)
+        self.cols = _linear_interpolation(W, w).to(dtype=dtype, device=device)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        B, _, C = z.shape
+        z = torch.matmul(self.rows, z.view(B, self.h, self.w * C))  # [B, H, w * C]
+        z = torch.matmul(self.cols, z.view(B, self.H, self.w, C))  # [B, H, W, C]
+        return z.reshape(B, self.H * self.W, C)
+
+
+def _linear_interpolation(n_out: int, n_in: int) -> torch.Tensor:
+    """``[n_out, n_in]`` float64 weights of 1-D linear interpolation, ``align_corners=False``: output
+    ``i`` reads the input at ``(i + 0.5) * n_in / n_out - 0.5`` (clamped at 0), PyTorch's rule."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    src = ((i + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    weights.index_put_((i.long(), lo), 1 - frac, accumulate=True)
+    weights.index_put_((i.long(), hi), frac, accumulate=True)
+    return weights
+
+
+def _embed(params: list[torch.Tensor], x: torch.Tensor, resize: _Resize | None) -> torch.Tensor:
+    """``[B, rows, C] -> [B, P, E]``; with ``resize`` the rows are an ``h x w`` grid whose first layer
+    output is resized bilinearly (``align_corners=False``) to ``H x W``."""
     w1, b1, w2, b2, w3, b3 = params
     z = _linear(x, w1, b1)
-    if size is not None:
-        H, W, h, w = size
-        B = z.shape[0]
-        grid = z.view(B, h, w, -1).permute(0, 3, 1, 2)  # channels-last strides, no copy
-        z = F.interpolate(grid, size=(H, W), mode="bilinear", align_corners=False)
-        z = z.permute(0, 2, 3, 1).reshape(B, H * W, -1)
+    if resize is not None:
+        z = resize(z)
     return _linear(F.gelu(_linear(F.gelu(z), w2, b2)), w3, b3)
 
 
