@@ -42,13 +42,15 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
 def environment() -> dict:
     """Where and when the numbers were taken: machine, commit, date, device."""
     root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        # A copied tree without .git (the lent GPU machine): scripts/gpu_session.sh passes it on.
-        commit = os.environ.get("TOPOOT_COMMIT", "unknown")
+    # TOPOOT_COMMIT when given (scripts/gpu_check.sh: the copied tree on the GPU machine has no .git).
+    commit = os.environ.get("TOPOOT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
