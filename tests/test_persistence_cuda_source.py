@@ -249,3 +249,55 @@ def test_launches_reuse_the_module_kernels_and_stream_views(monkeypatch, cupy_14
     assert made["module"] == 1 and made["function"] == ["descent_f32", "jump"]
     assert made["stream"] == [(0, 77)]
     assert made["launch"] == [(n, (4,), (256,), 2) for n in ("descent_f32", "descent_f32", "jump")]
+
+
+SANITIZED_RUN = """
+import sys, tempfile
+from pathlib import Path
+import numpy as np, torch
+from topoot_gpu import cubical_persistence
+from topoot_gpu.persistence import _cuda
+from topoot_gpu.testing import build_cuda_host_kernels, cuda_host_kernels, diagram_rows, persistence_batches
+source = _cuda.cuda_source()
+if sys.argv[1] == "planted":  # one read past the end of w in boundary
+    head = "const T* w, const i64* root, i64* saddle, int H, int W, i64 n_pixels, int conn8) {"
+    assert source.count(head) == 1
+    source = source.replace(head, head + " volatile T planted = w[n_pixels]; (void)planted;")
+lib = build_cuda_host_kernels(Path(tempfile.mkdtemp()), sanitize=True, source=source)
+with cuda_host_kernels(lib):
+    for maps in persistence_batches(np.random.default_rng(int(sys.argv[2]))):
+        for dtype in (torch.float64, torch.float32):
+            t = torch.from_numpy(maps).to(dtype)
+            for c in ("T", "V"):
+                for f in ("sublevel", "superlevel"):
+                    kw = dict(construction=c, filtration=f)
+                    cuda = cubical_persistence(t, backend="cuda", **kw)
+                    assert diagram_rows(cuda) == diagram_rows(cubical_persistence(t, backend="cpp", **kw))
+print("clean")
+"""
+
+
+@pytest.mark.parametrize("source", ["shipped", "planted"])
+def test_cuda_source_under_address_and_undefined_behaviour_sanitizers(rng, source):
+    # The kernels built with -fsanitize=address,undefined and run on the persistence batches: no
+    # out-of-bounds access or undefined operation; a read planted one past the end is caught.
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from topoot_gpu.testing import asan_runtime
+
+    runtime = asan_runtime()
+    if runtime is None:
+        pytest.skip("the C++ compiler has no AddressSanitizer runtime")
+    env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    seed = str(int(rng.integers(0, 2**31)))
+    run = subprocess.run(
+        [sys.executable, "-c", SANITIZED_RUN, source, seed], capture_output=True, text=True, env=env, timeout=600,
+        cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    if source == "shipped":
+        assert run.returncode == 0 and "clean" in run.stdout, run.stderr[-3000:]
+    else:
+        assert run.returncode != 0 and "AddressSanitizer: heap-buffer-overflow" in run.stderr, run.stderr[-3000:]

@@ -203,19 +203,38 @@ def pad_problems(problems, dtype: torch.dtype = torch.float64, pad_to: tuple[int
 # --- The CUDA kernels on the host ------------------------------------------------------------
 
 
-def build_cuda_host_kernels(directory: Path) -> ctypes.CDLL | None:
-    """Compile ``csrc/cuda/host_emulation.cpp`` around the packaged ``persistence_cuda.cu`` into
-    ``directory``; None if there is no C++ compiler."""
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+
+
+def build_cuda_host_kernels(
+    directory: Path, *, sanitize: bool = False, source: str | None = None
+) -> ctypes.CDLL | None:
+    """Compile ``csrc/cuda/host_emulation.cpp`` around the packaged ``persistence_cuda.cu`` (or
+    ``source``) into ``directory``; None if there is no C++ compiler. ``sanitize``: with
+    AddressSanitizer and UndefinedBehaviorSanitizer (every out-of-bounds access or undefined
+    operation of a kernel ends the process with a report); the process must then have the ASan
+    runtime preloaded (:func:`asan_runtime`)."""
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         return None
-    (directory / "persistence_cuda.cu").write_text(_cuda.cuda_source())
+    (directory / "persistence_cuda.cu").write_text(_cuda.cuda_source() if source is None else source)
     src = directory / "host_emulation.cpp"
     src.write_text(_cuda.cuda_source("host_emulation.cpp"))
     lib = directory / "cuda_host.so"
     cmd = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{directory}", str(src)]
+    cmd += SANITIZE_FLAGS if sanitize else []
     subprocess.run([*cmd, "-o", str(lib)], check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(lib))
+
+
+def asan_runtime() -> str | None:
+    """The C++ compiler's AddressSanitizer runtime (to ``LD_PRELOAD`` into a process that loads a
+    sanitized build), or None where there is none."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        return None
+    path = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if path and Path(path).is_file() else None
 
 
 def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None, stale_reads: float = 0.0):
