@@ -104,3 +104,23 @@ def test_triton_backend_errors():
         cubical_persistence(torch.zeros(2, 2, 2, 2, device=DEVICE), backend="triton")
     with pytest.raises(ValueError, match="maps: expected a floating dtype"):
         cubical_persistence(torch.zeros(3, 3, dtype=torch.int64, device=DEVICE), backend="triton")
+
+
+def test_kernels_compile_for_hopper_without_spills():
+    # Every specialisation the backend launches, compiled ahead of time for sm_90 (no GPU needed).
+    from topoot_gpu.testing import compile_for_hopper
+
+    module = "topoot_gpu.persistence._triton"
+    for dtype in ("fp32", "fp64"):
+        for outside in (False, True):
+            for conn8 in (False, True):
+                sig = {"w_ptr": f"*{dtype}", "parent_ptr": "*i64", "H": "i32", "W": "i32", "n_pixels": "i64"}
+                sig |= {"OUTSIDE": "constexpr", "CONN8": "constexpr", "BLOCK": "constexpr"}
+                const = {"OUTSIDE": outside, "CONN8": conn8, "BLOCK": kernels.BLOCK}
+                assert compile_for_hopper(module, "_descent_kernel", sig, const)[1] == 0
+        for nd in (2, 4):
+            sig = {"w_ptr": f"*{dtype}", "root_ptr": "*i64", "saddle_ptr": "*i64", "H": "i32", "W": "i32"}
+            sig |= {"n_pixels": "i64", "ND": "constexpr", "BLOCK": "constexpr"}
+            assert compile_for_hopper(module, "_boundary_kernel", sig, {"ND": nd, "BLOCK": kernels.BLOCK})[1] == 0
+    sig = {"parent_ptr": "*i64", "out_ptr": "*i64", "stride": "i64", "n_nodes": "i64", "BLOCK": "constexpr"}
+    assert compile_for_hopper(module, "_jump_kernel", sig, {"BLOCK": kernels.BLOCK})[1] == 0

@@ -115,48 +115,18 @@ def test_real_parameters_reach_the_kernel_in_the_problems_dtype(rng, monkeypatch
         assert params[0].tolist() == pytest.approx([0.3, 1e-7], rel=1e-7)
 
 
-# Compiled in a process of its own: under TRITON_INTERPRET=1 (set for these tests without a GPU)
-# the kernels are interpreted functions, which Triton cannot compile.
-HOPPER_COMPILE = """
-import re, subprocess, sys, tempfile, time
-from pathlib import Path
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from topoot_gpu.transport import _triton
-dtype, block = sys.argv[1], int(sys.argv[2])
-pointers = ("M_ptr", "a_ptr", "b_ptr", "plan_ptr", "u_ptr", "v_ptr", "err_ptr", "params_ptr")
-sig = {k: "*" + dtype for k in pointers}
-sig.update(niter_ptr="*i64", n="i32", m="i32", max_iter="i32", BLOCK_N="constexpr", BLOCK_M="constexpr")
-src = ASTSource(fn=_triton._sinkhorn_log_kernel, signature=sig, constexprs={"BLOCK_N": block, "BLOCK_M": block})
-start = time.perf_counter()
-kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": _triton.num_warps(block, block)})
-seconds = time.perf_counter() - start
-cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-with tempfile.TemporaryDirectory() as d:
-    cubin = Path(d) / "k.cubin"
-    cubin.write_bytes(kernel.asm["cubin"])
-    usage = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], capture_output=True, text=True, check=True)
-print(*re.search(r"REG:(\\d+) STACK:(\\d+)", usage.stdout).groups(), seconds)
-"""
+def compile_sinkhorn(dtype: str, block: int) -> tuple[int, int, float]:
+    """The Sinkhorn kernel for a ``block x block`` tile, with the launcher's warps, for sm_90."""
+    from topoot_gpu.testing import compile_for_hopper
+    from topoot_gpu.transport import _triton
 
-
-def compile_for_hopper(dtype: str, block: int) -> tuple[int, int, float]:
-    """The Sinkhorn kernel compiled ahead of time for sm_90 (no GPU needed) with the launcher's
-    warps: ``(registers, stack bytes, seconds)`` of the cubin (stack > 0: the tile spills)."""
-    import subprocess
-    import sys
-    import tempfile
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = tempfile.mkdtemp()  # a real compile, not a cached one
-    run = subprocess.run(
-        [sys.executable, "-c", HOPPER_COMPILE, dtype, str(block)], capture_output=True, text=True, env=env,
-        timeout=600, cwd=tempfile.gettempdir(),  # not the checkout: the installed package, with its _C
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    regs, stack, seconds = run.stdout.split()
-    return int(regs), int(stack), float(seconds)
+    pointers = ("M_ptr", "a_ptr", "b_ptr", "plan_ptr", "u_ptr", "v_ptr", "err_ptr", "params_ptr")
+    sig = {k: f"*{dtype}" for k in pointers}
+    sig |= {"niter_ptr": "*i64", "n": "i32", "m": "i32", "max_iter": "i32"}
+    sig |= {"BLOCK_N": "constexpr", "BLOCK_M": "constexpr"}
+    constexprs = {"BLOCK_N": block, "BLOCK_M": block}
+    warps = _triton.num_warps(block, block)
+    return compile_for_hopper("topoot_gpu.transport._triton", "_sinkhorn_log_kernel", sig, constexprs, warps)
 
 
 #: Longest ahead-of-time compile accepted for one tile (a first call on the GPU waits for it).
@@ -171,7 +141,7 @@ def test_sinkhorn_tiles_compile_for_hopper_without_spills_up_to_64(dtype):
     from topoot_gpu.transport import _triton
 
     for block in (16, 32, 64, 128, 256):
-        regs, stack, seconds = compile_for_hopper(dtype, block)
+        regs, stack, seconds = compile_sinkhorn(dtype, block)
         print(f"{dtype} {block}x{block}: {regs} registers, {stack} bytes of stack, compiled in {seconds:.1f} s")
         assert seconds < COMPILE_SECONDS, f"{dtype} {block}x{block} compiled in {seconds:.0f} s"
         if block <= _triton.REGISTER_TILE:

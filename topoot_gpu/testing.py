@@ -293,3 +293,52 @@ def cuda_host_kernels(
         finally:
             _cuda._launch = saved
             backends.HOST_EMULATED.discard("cuda")
+
+
+# --- Triton kernels compiled ahead of time for the GPU machine's architecture --------------------
+
+_HOPPER_COMPILE = """
+import json, re, subprocess, sys, tempfile, time
+from importlib import import_module
+from pathlib import Path
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+module, name, signature, constexprs, num_warps = json.loads(sys.argv[1])
+kernel = getattr(import_module(module), name)
+start = time.perf_counter()
+src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+seconds = time.perf_counter() - start
+cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+with tempfile.TemporaryDirectory() as d:
+    cubin = Path(d) / "k.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    usage = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], capture_output=True, text=True, check=True)
+regs, stack = re.search(r"REG:(\\d+) STACK:(\\d+)", usage.stdout).groups()
+print(json.dumps([int(regs), int(stack), seconds]))
+"""
+
+
+def compile_for_hopper(
+    module: str, kernel: str, signature: dict[str, str], constexprs: dict, num_warps: int = 4
+) -> tuple[int, int, float]:
+    """Compile the Triton kernel ``module.kernel`` ahead of time for sm_90 (the H200 machine's
+    architecture; no GPU needed) with Triton's own ``cuobjdump`` reading the cubin: ``(registers,
+    stack bytes, seconds)``; stack above 0 means spills. Runs in a process of its own, outside the
+    interpreter (under ``TRITON_INTERPRET=1`` the kernels cannot be compiled) and the Triton cache."""
+    import json
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as cache:
+        env["TRITON_CACHE_DIR"] = cache
+        run = subprocess.run(
+            [sys.executable, "-c", _HOPPER_COMPILE, json.dumps([module, kernel, signature, constexprs, num_warps])],
+            capture_output=True, text=True, env=env, timeout=900, cwd=cache,  # not a checkout: the installed package
+        )  # fmt: skip
+    if run.returncode != 0:
+        raise RuntimeError(f"{module}.{kernel} did not compile for sm_90:\n{run.stderr[-3000:]}")
+    regs, stack, seconds = json.loads(run.stdout)
+    return regs, stack, seconds
