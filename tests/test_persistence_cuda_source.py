@@ -166,6 +166,8 @@ def test_the_nvrtc_build_compares_no_floats(tmp_path):
     comparisons = set(re.findall(r"setp\.[a-z0-9.]+", ptx.read_text()))
     assert comparisons, "no comparison found: the PTX reading is broken"
     assert not [c for c in comparisons if c.endswith((".f32", ".f64"))], sorted(comparisons)
+    # jump stores its "changed" flag once per warp (a ballot), not once per thread that moved.
+    assert "vote.sync.ballot" in ptx.read_text()
 
 
 def test_pointer_jumping_is_exact_with_stale_reads(rng, host_kernels):

@@ -122,5 +122,6 @@ def test_kernels_compile_for_hopper_without_spills():
             sig = {"w_ptr": f"*{dtype}", "root_ptr": "*i64", "saddle_ptr": "*i64", "H": "i32", "W": "i32"}
             sig |= {"n_pixels": "i64", "ND": "constexpr", "BLOCK": "constexpr"}
             assert compile_for_hopper(module, "_boundary_kernel", sig, {"ND": nd, "BLOCK": kernels.BLOCK})[1] == 0
-    sig = {"parent_ptr": "*i64", "out_ptr": "*i64", "stride": "i64", "n_nodes": "i64", "BLOCK": "constexpr"}
+    sig = {"parent_ptr": "*i64", "out_ptr": "*i64", "changed_ptr": "*i32", "stride": "i64", "n_nodes": "i64"}
+    sig |= {"BLOCK": "constexpr"}
     assert compile_for_hopper(module, "_jump_kernel", sig, {"BLOCK": kernels.BLOCK})[1] == 0

@@ -30,6 +30,13 @@ struct Dim3 {
 };
 static Dim3 blockIdx, blockDim, threadIdx;
 
+// The warp intrinsics, for threads run one at a time: each thread is a warp of its own (its own lane
+// active and first), so the flag store of jump happens where its thread moved, as on the GPU where
+// a warp stores when any of its lanes moved.
+inline unsigned __activemask() { return 1u << (threadIdx.x & 31u); }
+inline unsigned __ballot_sync(unsigned mask, bool predicate) { return predicate ? mask : 0u; }
+inline int __ffs(unsigned x) { return x == 0 ? 0 : __builtin_ctz(x) + 1; }
+
 // The CUDA bit-cast intrinsics.
 inline unsigned __float_as_uint(float x) {
   unsigned u;

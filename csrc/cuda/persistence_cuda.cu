@@ -97,8 +97,12 @@ __global__ void jump(i64* parent, i64 stride, i64 n_nodes, int* changed) {
   const i64 base = (x / stride) * stride;
   const i64 par = parent[x];
   const i64 grand = parent[base + par];
-  if (grand != par) {
-    parent[x] = grand;
+  const bool moved = grand != par;
+  if (moved) parent[x] = grand;
+  // One store to the flag per warp that moved anything, from its first active lane (not one per
+  // thread: every such store contends for one address).
+  const unsigned active = __activemask();
+  if (__ballot_sync(active, moved) != 0u && (threadIdx.x & 31u) == static_cast<unsigned>(__ffs(active) - 1)) {
     *changed = 1;
   }
 }

@@ -65,13 +65,17 @@ def _descent_kernel(w_ptr, parent_ptr, H, W, n_pixels, OUTSIDE: tl.constexpr, CO
 
 
 @triton.jit
-def _jump_kernel(parent_ptr, out_ptr, stride, n_nodes, BLOCK: tl.constexpr):
+def _jump_kernel(parent_ptr, out_ptr, changed_ptr, stride, n_nodes, BLOCK: tl.constexpr):
     x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = x < n_nodes
     base = (x // stride) * stride
     par = tl.load(parent_ptr + x, mask=valid, other=0)
     grand = tl.load(parent_ptr + base + par, mask=valid, other=0)
     tl.store(out_ptr + x, grand, mask=valid)
+    # One flag update per program, only where something changed (no compare pass on the host).
+    changed = tl.max((valid & (grand != par)).to(tl.int32), 0)
+    if changed > 0:
+        tl.atomic_max(changed_ptr, changed)
 
 
 @triton.jit
@@ -110,10 +114,12 @@ def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torc
 
 def jump(parent: torch.Tensor) -> torch.Tensor:
     """Pointer jumping on ``[B, P + 1]`` until a round changes nothing: every node's root."""
+    changed = torch.zeros(1, dtype=torch.int32, device=parent.device)
     while True:
         out = torch.empty_like(parent)
-        _jump_kernel[_grid(parent.numel())](parent, out, parent.shape[1], parent.numel(), BLOCK=BLOCK)
-        if torch.equal(out, parent):
+        changed.zero_()
+        _jump_kernel[_grid(parent.numel())](parent, out, changed, parent.shape[1], parent.numel(), BLOCK=BLOCK)
+        if not bool(changed.item()):
             return out
         parent = out
 
