@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +249,31 @@ def test_torch_backend_on_cuda_gives_the_cpp_plans(rng, domain):
         assert gpu.plan.device.type == "cuda"
         torch.testing.assert_close(gpu.plan.cpu(), cpu.plan, rtol=0, atol=1e-12)
         assert torch.equal(gpu.n_iter.cpu(), cpu.n_iter)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_scaling_domain_stops_on_numerical_errors_as_pot(rng, backend):
+    # A column whose kernel underflows to zero (cost 0.8 or more at reg 1e-3: exp(-800) = 0) makes
+    # K^T u zero: POT's sinkhorn_knopp keeps the previous scalings and stops there (iteration 0).
+    # Those problems share a batch with problems that run on for many iterations.
+    problems, stopped = [], []
+    for k in range(6):
+        a, b, M = random_problem(rng, 6 + k, 7)
+        M = M * 0.05  # exp(-M / reg) >= e^-50: these run
+        if k % 2 == 0:
+            M[:, k % 7] = 0.8 + 0.1 * k
+            stopped.append(k)
+        problems.append((a, b, M))
+    a, b, M = pad_batch(problems)
+    res = sinkhorn(a, b, M, reg=1e-3, max_iter=300, domain="scaling", backend=backend)
+    iterations = []
+    for k, (ak, bk, Mk) in enumerate(problems):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            G, log = ot.sinkhorn(ak, bk, Mk, 1e-3, numItermax=300, stopThr=1e-9, log=True)
+        n, m = G.shape
+        assert int(res.n_iter[k]) == int(log["niter"]), (k, int(res.n_iter[k]), log["niter"])
+        np.testing.assert_allclose(res.plan[k, :n, :m].numpy(), G, rtol=0, atol=1e-12)
+        iterations.append(int(log["niter"]))
+    assert [iterations[k] for k in stopped] == [0] * len(stopped)
+    assert min(iterations[k] for k in range(6) if k not in stopped) >= 20  # they ran past the stops
