@@ -57,7 +57,6 @@ void sinkhorn_forward(const T* k, int64_t P, int iters, T e, T* plan, T* vh) {
 template <typename T>
 void sinkhorn_backward(const T* k, const T* vh, const T* g, int64_t P, int iters, T e, T* gk) {
   const T a = static_cast<T>(1.0 / static_cast<double>(P)), b = static_cast<T>(0.5);
-  const T vT0 = vh[2 * iters], vT1 = vh[2 * iters + 1];
   // plan_ij = u_T,i K_ij v_T,j: the gradient reaching v_T.
   T vb0 = 0, vb1 = 0;
   {

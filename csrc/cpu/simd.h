@@ -27,16 +27,23 @@ namespace topoot {
 // exp(x) without a libm call, so that loops over it vectorise: Cody-Waite
 // reduction x = k ln2 + r, |r| <= ln2/2, a Taylor polynomial of r (degree 13
 // for double, 7 for float: truncation below half an ulp), times 2^k built in
-// the bits. Within a few ulp of std::exp where the result is normal; 0 below
-// -708 (float: -87), where std::exp is subnormal, and +inf above 709 (float:
-// 88). x must not be NaN.
-template <typename T>
+// the bits. Within a few ulp of std::exp where the result is normal; +inf
+// above 709 (float: 88). Where std::exp is subnormal (below -708, float: -87):
+// 0, or with Subnormal, 2^k applied in two steps, the last one rounding into
+// the subnormal range as std::exp does (0 below -745.2, float: -104). A
+// Sinkhorn kernel exp(-M / reg) needs Subnormal: POT keeps such entries, and a
+// zero there changes when it stops on numerical errors; in the log domain's
+// sums, where the largest term is 1, they change nothing. x must not be NaN.
+template <typename T, bool Subnormal = false>
 TOPOOT_INLINE T exp_fast(T x) {
   using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
   constexpr bool f64 = sizeof(T) == 8;
   constexpr int mant = f64 ? 52 : 23;
   constexpr Bits bias = f64 ? 1023 : 127;
-  constexpr T lo = f64 ? T(-708.0) : T(-87.0), hi = f64 ? T(709.0) : T(88.0);
+  constexpr T lo = Subnormal ? (f64 ? T(-745.2) : T(-104.0)) : (f64 ? T(-708.0) : T(-87.0));
+  constexpr T hi = f64 ? T(709.0) : T(88.0);
+  constexpr Bits lowest_normal_k = f64 ? -1022 : -126;
+  constexpr T two_m64 = T(5.42101086242752217e-20);  // 2^-64
   constexpr T log2e = T(1.4426950408889634);
   constexpr T ln2_hi = f64 ? T(6.93147180369123816490e-01) : T(0.693145751953125);
   constexpr T ln2_lo = f64 ? T(1.90821492927058770002e-10) : T(1.428606765330187045e-06);
@@ -73,10 +80,14 @@ TOPOOT_INLINE T exp_fast(T x) {
   Bits tb, sb;
   std::memcpy(&tb, &t, sizeof tb);
   std::memcpy(&sb, &shifter, sizeof sb);
-  const Bits scale_bits = (tb - sb + bias) << mant;  // 2^k, k in [-1022, 1023] (float: [-126, 127])
+  // 2^k, k in [-1075, 1023] (float: [-150, 127]); below the normal range as 2^(k + 64) 2^-64.
+  const Bits exponent = tb - sb;
+  const bool subnormal = Subnormal && exponent < lowest_normal_k;
+  const Bits scale_bits = ((subnormal ? exponent + 64 : exponent) + bias) << mant;
   T scale;
   std::memcpy(&scale, &scale_bits, sizeof scale);
   T out = p * scale;
+  out = subnormal ? out * two_m64 : out;
   out = x < lo ? T(0) : out;
   out = x > hi ? std::numeric_limits<T>::infinity() : out;
   return out;

@@ -186,7 +186,7 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
     if (opt.log_domain) {
       for (int64_t j = 0; j < mc; ++j) Ki[j] = -Ki[j] / reg;
     } else {
-      for (int64_t j = 0; j < mc; ++j) Ki[j] = exp_fast(Ki[j] / -reg);
+      for (int64_t j = 0; j < mc; ++j) Ki[j] = exp_fast<T, true>(Ki[j] / -reg);
     }
   }
   if (opt.log_domain) {
