@@ -32,10 +32,13 @@ class _Batch:
         self.n_iter = torch.full((B,), max_iter - 1, dtype=torch.int64, device=device)
         self.err = torch.ones(B, dtype=dtype, device=device)
 
-    def finish(self, done: torch.Tensor, ii: int, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Record the problems flagged in ``done`` (over the active set) and return the keep mask."""
+    def finish(
+        self, done: torch.Tensor, ii: int | torch.Tensor, outputs: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Record the problems flagged in ``done`` (over the active set) as stopped at iteration ``ii``
+        (one for all, or a tensor over the active set) and return the keep mask."""
         idx = self.active[done]
-        self.n_iter[idx] = ii
+        self.n_iter[idx] = ii[done] if isinstance(ii, torch.Tensor) else ii
         for full, part in outputs:
             full[idx] = part[done]
         keep = ~done
@@ -94,6 +97,11 @@ def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
     if empty.any():
         keep = state.finish(empty, 0, [])
         K, Kp, bb, rr, cc, u, v = K[keep], Kp[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
+    # POT's guard: a zero or non-finite scaling reverts to the previous ones and stops. A problem
+    # that stops so is frozen on the device (its scalings kept, its iteration noted) and leaves the
+    # batch at the next check, so the host synchronises once per check, not once per iteration.
+    stopped = torch.zeros(len(state.active), dtype=torch.bool, device=M.device)
+    stop_iter = torch.zeros(len(state.active), dtype=torch.int64, device=M.device)
     for ii in range(max_iter):
         if not len(state.active):
             break
@@ -101,21 +109,25 @@ def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
         KtU = torch.einsum("bij,bi->bj", K, u)
         v = torch.where(cc, bb / torch.where(cc, KtU, 1.0), zero)
         u = torch.where(rr, 1.0 / torch.where(rr, torch.einsum("bij,bj->bi", Kp, v), 1.0), zero)
-        # POT's guard: a zero or non-finite scaling reverts to the previous one and stops.
-        bad = ((KtU == 0) & cc).any(1) | ~torch.isfinite(u).all(1) | ~torch.isfinite(v).all(1)
-        if bad.any():
-            u = torch.where(bad[:, None], u_prev, u)
-            v = torch.where(bad[:, None], v_prev, v)
-        done = bad
-        if ii % 10 == 0:
+        bad = ~stopped & (((KtU == 0) & cc).any(1) | ~torch.isfinite(u).all(1) | ~torch.isfinite(v).all(1))
+        stop_iter = torch.where(bad, ii, stop_iter)
+        stopped = stopped | bad
+        u = torch.where(stopped[:, None], u_prev, u)
+        v = torch.where(stopped[:, None], v_prev, v)
+        check, last = ii % 10 == 0, ii == max_iter - 1
+        if not (check or last):
+            continue
+        done = stopped
+        if check:
             err = torch.linalg.vector_norm(torch.einsum("bi,bij,bj->bj", u, K, v) - bb, dim=1)
-            state.err[state.active] = torch.where(bad, state.err[state.active], err)
+            state.err[state.active] = torch.where(stopped, state.err[state.active], err)
             done = done | (err < stop_thr)
-        if ii == max_iter - 1:
+        if last:
             done = torch.ones_like(done)
-        if done.any():
-            keep = state.finish(done, ii, [(u_all, u), (v_all, v)])
+        if done.any():  # the check's one synchronisation
+            keep = state.finish(done, torch.where(stopped, stop_iter, ii), [(u_all, u), (v_all, v)])
             K, Kp, bb, rr, cc, u, v = K[keep], Kp[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
+            stopped, stop_iter = stopped[keep], stop_iter[keep]
     plan = u_all[:, :, None] * K_all * v_all[:, None, :]
     return SinkhornResult(plan, u_all.log(), v_all.log(), state.n_iter, state.err, "scaling")
 
