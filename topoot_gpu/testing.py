@@ -144,11 +144,7 @@ persistence_cases = [(c, f) for c in ("T", "V") for f in ("sublevel", "superleve
 def diagram_rows(d: Diagrams) -> list[tuple]:
     """Every pair as (image, dim, birth, death, birth pixel, death pixel), sorted: two backends agree
     exactly when these lists are equal."""
-    return field_rows((d.image, d.dim, d.birth, d.death, d.birth_pixel, d.death_pixel))
-
-
-def field_rows(fields) -> list[tuple]:
-    """:func:`diagram_rows` of the six field arrays of a ``Diagrams``."""
+    fields = (d.image, d.dim, d.birth, d.death, d.birth_pixel, d.death_pixel)
     return sorted(zip(*(f.tolist() for f in fields)))
 
 

@@ -220,14 +220,10 @@ def pseudo_labels(
         the same computation with GUDHI and POT, map by map.
     """
     config = check_config(config, SelectionConfig)
-    run = resolve_backends(persistence_backend, transport_backend, _device_of(maps))
     batch = check_maps(maps)
+    run = resolve_backends(persistence_backend, transport_backend, batch.device)
     labels, candidates, thresholds = select(batch, config, run)
     return Selection(batch.to_caller(labels), candidates, thresholds)
-
-
-def _device_of(maps: Any) -> torch.device:
-    return maps.device if isinstance(maps, torch.Tensor) else torch.device("cpu")
 
 
 def resolve_backends(persistence_backend: str, transport_backend: str, device: torch.device) -> _Backends:
