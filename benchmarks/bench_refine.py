@@ -14,6 +14,7 @@ torch uses every core for both. Median of repeats after a warm-up (the reference
 reference stays on the CPU, as released; JSON ``refine_<device type>.json``.
 
     python benchmarks/bench_refine.py [--channels 64 256] [--batch 8] [--ref-images 2] [--repeats 3] [--device cpu]
+        [--head-backends auto torch triton]
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="the torch device refine runs on (cpu, cuda)")
+    ap.add_argument(
+        "--head-backends", nargs="+", default=["auto"], help="head backends of refine, a row each (default auto)"
+    )
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/refine_<device>.json)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -78,49 +82,51 @@ def main() -> None:
     rows = []
     for C in args.channels:
         features = rng.standard_normal((args.batch, C, args.low, args.low)).astype(np.float32)
-        runs: list = []
-
-        maps_on, features_on = torch.from_numpy(maps).to(device), torch.from_numpy(features).to(device)
-
-        def run_fast(maps_on=maps_on, features_on=features_on, runs=runs):
-            runs.append(refine(maps_on, features_on, seed=args.seed))  # synchronises before returning
-
-        fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch
-        fast = runs[-1]
-        fast_mask, fast_label = fast.mask.cpu().numpy(), fast.pseudo_label.cpu().numpy()
-        head_s = statistics.median(r.seconds["head"] for r in runs[1:]) / args.batch  # warm-up excluded
         n_ref = min(args.ref_images, args.batch)
         ref = reference.refine(maps[:n_ref], features[:n_ref], seed=args.seed)
         ref_s = sum(ref.seconds.values()) / n_ref
-        agreement = float((ref.mask == fast_mask[:n_ref]).mean())
-        flops = head_flops(HeadConfig(), C, args.low, args.size)
-        rows.append(
-            {
-                "channels": C,
-                "size": args.size,
-                "batch": args.batch,
-                "reference_s_per_image": ref_s,
-                "reference_selection_s": ref.seconds["selection"] / n_ref,
-                "reference_head_s": ref.seconds["head"] / n_ref,
-                "refine_s_per_image": fast_s,
-                "refine_selection_s": statistics.median(r.seconds["selection"] for r in runs[1:]) / args.batch,
-                "refine_head_s": head_s,
-                "reference_images_per_s": 1.0 / ref_s,
-                "refine_images_per_s": 1.0 / fast_s,
-                "ratio": ref_s / fast_s,
-                "mask_agreement": agreement,
-                "labels_identical": bool(np.array_equal(ref.pseudo_label, fast_label[:n_ref])),
-                "head_gflop_per_image": flops / 1e9,
-                "head_gflop_per_s": flops / head_s / 1e9,
-            }
-        )
-        print(f"C={C}: done", flush=True)
+        maps_on, features_on = torch.from_numpy(maps).to(device), torch.from_numpy(features).to(device)
+        for head_backend in args.head_backends:
+            runs: list = []
+
+            def run_fast(maps_on=maps_on, features_on=features_on, runs=runs, head_backend=head_backend):
+                # refine synchronises before returning
+                runs.append(refine(maps_on, features_on, seed=args.seed, head_backend=head_backend))
+
+            fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch
+            fast = runs[-1]
+            fast_mask, fast_label = fast.mask.cpu().numpy(), fast.pseudo_label.cpu().numpy()
+            head_s = statistics.median(r.seconds["head"] for r in runs[1:]) / args.batch  # warm-up excluded
+            flops = head_flops(HeadConfig(), C, args.low, args.size)
+            rows.append(
+                {
+                    "channels": C,
+                    "head_backend": head_backend,
+                    "size": args.size,
+                    "batch": args.batch,
+                    "reference_s_per_image": ref_s,
+                    "reference_selection_s": ref.seconds["selection"] / n_ref,
+                    "reference_head_s": ref.seconds["head"] / n_ref,
+                    "refine_s_per_image": fast_s,
+                    "refine_selection_s": statistics.median(r.seconds["selection"] for r in runs[1:]) / args.batch,
+                    "refine_head_s": head_s,
+                    "reference_images_per_s": 1.0 / ref_s,
+                    "refine_images_per_s": 1.0 / fast_s,
+                    "ratio": ref_s / fast_s,
+                    "mask_agreement": float((ref.mask == fast_mask[:n_ref]).mean()),
+                    "labels_identical": bool(np.array_equal(ref.pseudo_label, fast_label[:n_ref])),
+                    "head_gflop_per_image": flops / 1e9,
+                    "head_gflop_per_s": flops / head_s / 1e9,
+                }
+            )
+            print(f"C={C} head_backend={head_backend}: done", flush=True)
     grid = f"{args.size}x{args.size} maps, features [C, {args.low}, {args.low}]"
     print(f"\nrefine ({device}) vs reference pipeline (cpu), {grid}")
     print_table(
         rows,
         [
             "channels",
+            "head_backend",
             "reference_s_per_image",
             "refine_s_per_image",
             "ratio",

@@ -74,7 +74,16 @@ def _released_loss(e, labels, partner, weight, config: HeadConfig):
     return config.ot_weight * ot + _pair_terms(e, partner, weight, config.margin, config.pair_eps)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def _head_module(backend: str):
+    if backend == "triton":
+        pytest.importorskip("triton")
+        from topoot_gpu.head import _triton
+
+        return _triton
+    return _cpp if backend == "cpp" else _torch
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch", "triton"])
 def test_head_loss_and_gradient_match_autograd_through_the_iterations(rng, backend):
     # Small ot_reg floors part of the kernel at ot_eps; few iterations leave rows unconverged.
     config = HeadConfig(
@@ -85,7 +94,7 @@ def test_head_loss_and_gradient_match_autograd_through_the_iterations(rng, backe
     )
     e, labels, partner, weight, scale = _loss_inputs(rng, config)
     e1 = e.clone().requires_grad_(True)
-    head_loss = (_cpp if backend == "cpp" else _torch).head_loss
+    head_loss = _head_module(backend).head_loss
     loss = head_loss(e1, labels, partner, weight, config, 2)
     (scale * loss).sum().backward()
     e2 = e.clone().requires_grad_(True)
@@ -138,6 +147,33 @@ def test_torch_backend_gives_the_cpp_masks(rng):
     cpp = train_heads(features, labels, backend="cpp", seed=7)
     ops = train_heads(features, labels, backend="torch", seed=7)
     assert (cpp == ops).float().mean() >= AGREEMENT
+
+
+def test_fused_triton_sinkhorn_is_the_torch_loop(rng):
+    # The fused forward and backward against the torch loop on many blocks of pixels (a block
+    # smaller than P, a ragged last block), floored kernels and 1..3 iterations included.
+    _triton = _head_module("triton")
+    for P, iters, scale in ((5, 1, 1.0), (37, 2, 1.0), (130, 3, 30.0), (300, 25, 1.0), (257, 200, 5.0)):
+        K = torch.from_numpy(np.exp(-rng.random((2, P, 2)) * scale)).clamp_min(1e-9)
+        G = torch.from_numpy(rng.normal(size=(2, P, 2)))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_triton, "BLOCK", 64)
+            plan, hist = _triton.plain_sinkhorn_forward(K, iters, 1e-9)
+            grad = _triton.plain_sinkhorn_backward(K, hist, G, 1e-9)
+        plan_ref, hist_ref = _torch.plain_sinkhorn_forward(K, iters, 1e-9)
+        torch.testing.assert_close(hist, hist_ref, rtol=1e-12, atol=0)
+        torch.testing.assert_close(plan, plan_ref, rtol=1e-12, atol=0)
+        grad_ref = _torch.plain_sinkhorn_backward(K, hist_ref, G, 1e-9)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-12 * float(grad_ref.abs().max()))
+
+
+def test_triton_backend_gives_the_torch_masks(rng):
+    _head_module("triton")
+    maps, labels = _images(rng, 1, 24, 20)
+    features = torch.from_numpy(rng.normal(size=(len(labels), 6, 8, 7)))
+    ops = train_heads(features, labels, backend="torch", seed=3)
+    fused = train_heads(features, labels, backend="triton", seed=3)
+    assert (ops == fused).double().mean() >= AGREEMENT
 
 
 def test_batched_heads_give_the_masks_of_single_heads(rng):
@@ -225,3 +261,36 @@ def test_cuda_heads_give_the_cpu_masks(rng):
     assert gpu.device.type == "cuda"
     assert (gpu.cpu() == cpu).float().mean() >= AGREEMENT
     assert torch.equal(train_heads(features.cuda(), labels.cuda(), seed=5), gpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_triton_heads_give_the_cpu_masks(rng):
+    _head_module("triton")
+    maps, labels = _images(rng, 2, 48, 40)
+    features = torch.from_numpy(rng.normal(size=(len(labels), 16, 12, 10))).float()
+    cpu = train_heads(features, labels, seed=5)
+    gpu = train_heads(features.cuda(), labels.cuda(), seed=5, backend="triton")
+    assert (gpu.cpu() == cpu).float().mean() >= AGREEMENT
+    # No atomics: the fused loop is deterministic.
+    assert torch.equal(train_heads(features.cuda(), labels.cuda(), seed=5, backend="triton"), gpu)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_fused_sinkhorn_compiles_for_hopper_without_spills(dtype):
+    _triton = _head_module("triton")
+    from topoot_gpu.testing import compile_for_hopper
+
+    module = "topoot_gpu.head._triton"
+    common = {"params_ptr": f"*{dtype}", "P": "i32", "iters": "i32", "BLOCK": "constexpr"}
+    kernels = {
+        "_plain_sinkhorn_forward_kernel": {"K_ptr": f"*{dtype}", "plan_ptr": f"*{dtype}", "hist_ptr": f"*{dtype}"},
+        "_plain_sinkhorn_backward_kernel": {
+            "K_ptr": f"*{dtype}", "G_ptr": f"*{dtype}", "hist_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}"
+        },
+    }  # fmt: skip
+    for kernel, pointers in kernels.items():
+        sig = pointers | common
+        regs, stack, seconds = compile_for_hopper(module, kernel, sig, {"BLOCK": _triton.BLOCK}, _triton.NUM_WARPS)
+        print(f"{kernel} {dtype}: {regs} registers, {stack} bytes of stack, {seconds:.1f} s")
+        assert stack == 0 and seconds < 60

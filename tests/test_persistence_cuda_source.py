@@ -182,16 +182,38 @@ def test_pointer_jumping_is_exact_with_stale_reads(rng, host_kernels):
 
 def test_stale_read_mode_is_live(host_kernels):
     # All reads stale is synchronous pointer doubling: a descent path of 512 steps (an increasing
-    # strip) needs exactly log2(512) = 9 rounds, and one more that changes nothing.
+    # strip) needs exactly log2(512) = 9 rounds that change parents, and the 10th runs (its
+    # predecessor changed something); jump_rounds(513) = 10 are launched, with no host
+    # synchronisation. With fresh reads fewer rounds work and the rest are idle.
     t = torch.arange(513, dtype=torch.float64)[None, None]
-    for stale, rounds in ((1.0, 10), (0.0, None)):
+    assert _basins.jump_rounds(513) == 10
+    for stale in (1.0, 0.0):
         launched: list[str] = []
         with cuda_host_kernels(host_kernels, launched, stale_reads=stale):
             assert cuda_source_rows(t, "T", "sublevel", dims=(0,)) == cpu_rows(t, "T", "sublevel", dims=(0,))
-        if rounds is not None:
-            assert launched.count("jump") == rounds
+        assert launched.count("jump") + launched.count("jump (idle)") == 10
+        if stale:
+            assert launched.count("jump") == 10
         else:
             assert launched.count("jump") < 10  # in-place reads of rewritten parents only speed it up
+
+
+def test_jump_rounds_reach_every_root_on_the_longest_paths(host_kernels):
+    # Long descent paths (a strip: P - 1 steps, the longest there is; a snake), every read stale
+    # (synchronous doubling, the slowest case) or half: the roots are reached in jump_rounds rounds.
+    # CHECK_KERNELS (on in the tests) checks each root; a round fewer fails on a strip.
+    for H, W in ((1, 2), (1, 3), (2, 2), (1, 64), (65, 1), (5, 7), (16, 16), (17, 15)):
+        snake = np.arange(H * W, dtype=np.float64).reshape(H, W)
+        snake[1::2] = snake[1::2, ::-1].copy()
+        t = torch.from_numpy(snake)[None]
+        for stale in (1.0, 0.5):
+            with cuda_host_kernels(host_kernels, stale_reads=stale):
+                for construction, filtration in CASES:
+                    assert cuda_source_rows(t, construction, filtration) == cpu_rows(t, construction, filtration)
+    with cuda_host_kernels(host_kernels, stale_reads=1.0), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_basins, "jump_rounds", lambda n: max(1, (n - 1).bit_length()) - 1)
+        with pytest.raises(RuntimeError, match="jump left nodes short of their roots"):
+            cuda_source_rows(torch.from_numpy(np.arange(64.0))[None, None], "T", "sublevel", dims=(0,))
 
 
 def test_outputs_are_poisoned_and_checked_only_when_asked(monkeypatch):

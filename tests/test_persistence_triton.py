@@ -68,6 +68,22 @@ def test_kernels_give_basins_and_crossing_saddles(rng):
     assert dual.cpu().tolist() == [[5, 5, 5, 5, 5, 5]]
 
 
+def test_jump_reads_nothing_back_on_the_host(monkeypatch):
+    # The rounds are launched back to back: no flag is read on the host (a .item()/bool per round
+    # was a device synchronisation per round).
+    a = torch.arange(40, dtype=torch.float64, device=DEVICE).reshape(1, -1)
+    parent = kernels.descent(a, 1, 40, conn8=False, outside=False)
+
+    def synchronising(*args):
+        raise AssertionError("jump read a value back on the host")
+
+    for name in ("item", "__bool__", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, synchronising)
+    root = kernels.jump(parent)
+    monkeypatch.undo()
+    assert root.cpu().tolist() == [[0] * 40 + [40]]
+
+
 @pytest.mark.parametrize("conn8", [True, False])
 def test_basin_graph_is_the_lowest_saddle_of_each_basin_pair_in_kruskal_order(rng, conn8):
     # Against a plain loop over every neighbour pair; tied values so that the index tie-break counts.
@@ -122,6 +138,6 @@ def test_kernels_compile_for_hopper_without_spills():
             sig = {"w_ptr": f"*{dtype}", "root_ptr": "*i64", "saddle_ptr": "*i64", "H": "i32", "W": "i32"}
             sig |= {"n_pixels": "i64", "ND": "constexpr", "BLOCK": "constexpr"}
             assert compile_for_hopper(module, "_boundary_kernel", sig, {"ND": nd, "BLOCK": kernels.BLOCK})[1] == 0
-    sig = {"parent_ptr": "*i64", "out_ptr": "*i64", "changed_ptr": "*i32", "stride": "i64", "n_nodes": "i64"}
+    sig = {"parent_ptr": "*i64", "flags_ptr": "*i32", "stride": "i64", "n_nodes": "i64"}
     sig |= {"BLOCK": "constexpr"}
     assert compile_for_hopper(module, "_jump_kernel", sig, {"BLOCK": kernels.BLOCK})[1] == 0

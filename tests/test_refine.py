@@ -43,6 +43,7 @@ def test_refine_matches_the_reference_pipeline(rng):
         ("transport_backend", "triton"),
         ("transport_backend", "reference"),
         ("head_backend", "torch"),
+        ("head_backend", "triton"),
         ("head_backend", "reference"),
     ],
 )

@@ -236,8 +236,9 @@ def asan_runtime() -> str | None:
 def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None, stale_reads: float = 0.0):
     """A stand-in for ``persistence._cuda._launch`` on CPU tensors: the same grid and block, every
     launch's threads run in a shuffled order (a fresh seed per launch); names appended to
-    ``launched``. ``stale_reads``: the probability that a thread of ``jump`` reads the parents as
-    they were before the launch (the in-place race of the GPU; 1.0 is synchronous pointer doubling)."""
+    ``launched`` (a round of ``jump`` after one that changed nothing as ``"jump (idle)"``).
+    ``stale_reads``: the probability that a thread of ``jump`` reads the parents as they were
+    before the launch (the in-place race of the GPU; 1.0 is synchronous pointer doubling)."""
     seeds = itertools.count(1)
 
     def launch(name: str, n: int, device: torch.device, *args) -> None:
@@ -258,10 +259,12 @@ def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None, stale_rea
             else:
                 raise TypeError(f"{name}: argument of type {type(a)} would not reach the kernel as declared")
         head = [ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds))]
+        if name == "jump" and not int(args[-1][0]):
+            name = "jump (idle)"
         if name == "jump" and stale_reads:
             lib.run_jump_stale(*head, ctypes.c_double(stale_reads), *c_args)
         else:
-            getattr(lib, f"run_{name}")(*head, *c_args)
+            getattr(lib, f"run_{name.split()[0]}")(*head, *c_args)
         if launched is not None:
             launched.append(name)
 

@@ -119,8 +119,8 @@ void run_descent_f64(unsigned g, unsigned b, uint64_t seed, const double* w, i64
   run(descent_f64, g, b, seed, w, parent, H, W, n, conn8, outside);
 }
 
-void run_jump(unsigned g, unsigned b, uint64_t seed, i64* parent, i64 stride, i64 n, int* changed) {
-  run(jump, g, b, seed, parent, stride, n, changed);
+void run_jump(unsigned g, unsigned b, uint64_t seed, i64* parent, i64 stride, i64 n, int* flags) {
+  run(jump, g, b, seed, parent, stride, n, flags);
 }
 
 // jump with stale reads. On the GPU, jump rewrites parent in place while other threads read it, so a
@@ -129,7 +129,7 @@ void run_jump(unsigned g, unsigned b, uint64_t seed, i64* parent, i64 stride, i6
 // thread reads the pre-launch parents with probability p_stale (its two loads together), else the
 // current ones; p_stale = 1 is synchronous pointer doubling. Thread x writes parent[x] only.
 void run_jump_stale(unsigned g, unsigned b, uint64_t seed, double p_stale, i64* parent, i64 stride, i64 n,
-                    int* changed) {
+                    int* flags) {
   const std::vector<i64> before(parent, parent + n);
   std::vector<i64> view(before);  // what a stale thread reads (and writes, copied back at once)
   std::vector<uint64_t> order(static_cast<size_t>(g) * b);
@@ -144,11 +144,11 @@ void run_jump_stale(unsigned g, unsigned b, uint64_t seed, double p_stale, i64* 
     threadIdx.x = static_cast<unsigned>(t % b);
     const i64 x = static_cast<i64>(t);
     if (x < n && stale(rng)) {
-      launch(view.data(), stride, n, changed);
+      launch(view.data(), stride, n, flags);
       parent[x] = view[x];
       view[x] = before[x];
     } else {
-      launch(parent, stride, n, changed);
+      launch(parent, stride, n, flags);
     }
   }
 }

@@ -3,8 +3,9 @@
 // (w = value, negated for a descending pass). The same passes as topoot_gpu/persistence/_triton.py:
 //   descent:  parent[b, p] = the earliest of p and its neighbours in the order (w, index); in the
 //             dual pass (outside != 0) border pixels point at the outside node P;
-//   jump:     parent[x] = parent[parent[x]] in place until a launch changes nothing (any ancestor
-//             is a valid value to read, so in-place updates only speed it up);
+//   jump:     parent[x] = parent[parent[x]] in place, one launch per round, a fixed number of
+//             rounds launched back to back (topoot_gpu/persistence/_basins.py: jump_rounds); any
+//             ancestor is a valid value to read, so in-place updates only speed it up;
 //   boundary: for each neighbour pair counted once (E, S and, 8-connected, SE, SW), the later pixel
 //             of the pair when its two pixels lie in different basins, else -1.
 // Compiled at run time by NVRTC (CuPy RawModule) and, in CI, by nvcc (CMake target cuda_check).
@@ -91,9 +92,11 @@ __global__ void descent_f64(const double* w, i64* parent, int H, int W, i64 n_pi
   descent<double>(w, parent, H, W, n_pixels, conn8, outside);
 }
 
-__global__ void jump(i64* parent, i64 stride, i64 n_nodes, int* changed) {
+// flags[0]: whether the round before changed a parent (set for the first round); a round after one
+// that changed nothing returns at once. flags[1]: set when this round changes one.
+__global__ void jump(i64* parent, i64 stride, i64 n_nodes, int* flags) {
   const i64 x = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (x >= n_nodes) return;
+  if (x >= n_nodes || flags[0] == 0) return;
   const i64 base = (x / stride) * stride;
   const i64 par = parent[x];
   const i64 grand = parent[base + par];
@@ -103,7 +106,7 @@ __global__ void jump(i64* parent, i64 stride, i64 n_nodes, int* changed) {
   // thread: every such store contends for one address).
   const unsigned active = __activemask();
   if (__ballot_sync(active, moved) != 0u && (threadIdx.x & 31u) == static_cast<unsigned>(__ffs(active) - 1)) {
-    *changed = 1;
+    flags[1] = 1;
   }
 }
 

@@ -104,6 +104,7 @@ KERNELS: dict[str, Kernel] = {
         backends={
             "cpp": Backend(f"{_H}._cpp", ("cpu",), entries={"float32": "head_loss_f32", "float64": "head_loss_f64"}),
             "torch": Backend(f"{_H}._torch", ("cpu", "cuda")),
+            "triton": Backend(f"{_H}._triton", ("cuda",), extra="triton"),
             "reference": Backend(f"{_H}.reference", ("cpu",), extra="test"),
         },
         auto={"cpu": "cpp", "cuda": "torch"},

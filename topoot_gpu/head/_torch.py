@@ -19,11 +19,13 @@ def head_loss(
     L_contrastive`` per image, ``[B]``, differentiable in ``e [B, P, E]`` (``y`` bool ``[B, P]``,
     ``partner`` and ``weight`` ``[B, 2P]``; ``num_threads`` is torch's own setting)."""
     loss = config.ot_weight * ot_consistency(e, y.to(e.dtype), config)
-    return loss + _Contrastive.apply(e, partner, weight, config.margin, config.pair_eps)
+    return loss + contrastive(e, partner, weight, config)
 
 
-def ot_consistency(e: torch.Tensor, y: torch.Tensor, config: HeadConfig) -> torch.Tensor:
-    """SPEC 5's OT-consistency loss per image, ``e [B, P, E]``, ``y [B, P]`` in {0, 1} (both present)."""
+def ot_consistency(e: torch.Tensor, y: torch.Tensor, config: HeadConfig, sinkhorn=None) -> torch.Tensor:
+    """SPEC 5's OT-consistency loss per image, ``e [B, P, E]``, ``y [B, P]`` in {0, 1} (both present).
+    ``sinkhorn(K, iters, eps)``: the plain Sinkhorn's plan, differentiable in ``K`` (default: this
+    module's, in torch operations)."""
     B, P, _ = e.shape
     eps = config.ot_eps
     n = F.normalize(e, dim=2)
@@ -33,7 +35,7 @@ def ot_consistency(e: torch.Tensor, y: torch.Tensor, config: HeadConfig) -> torc
     m_prot = (cos.clamp(-1, 1) + 1) * 0.5
     m_cls = onehot.transpose(1, 2)
     K = torch.exp(-(1 - cos).clamp_min(0) / config.ot_reg).clamp_min(eps)
-    plan = _PlainSinkhorn.apply(K, config.ot_iter, eps)
+    plan = (sinkhorn or _PlainSinkhorn.apply)(K, config.ot_iter, eps)
     g = plan / (plan.sum(2, keepdim=True) + eps)
     entropy = -(g * g.clamp_min(eps).log()).sum(2, keepdim=True)
     w = (1 - entropy / math.log(config.entropy_base)).clamp_min(0) * g
@@ -93,6 +95,11 @@ def plain_sinkhorn_backward(K: torch.Tensor, v_hist: torch.Tensor, G: torch.Tens
         v_bar = torch.einsum("bpj,bp->bj", K, r_bar)
         grad_K = grad_K + u[:, :, None] * s_bar[:, None, :] + r_bar[:, :, None] * vp[:, None, :]
     return grad_K
+
+
+def contrastive(e: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor, config: HeadConfig) -> torch.Tensor:
+    """SPEC 5's contrastive loss per image, ``[B]``, differentiable in ``e`` (see :class:`_Contrastive`)."""
+    return _Contrastive.apply(e, partner, weight, config.margin, config.pair_eps)
 
 
 class _Contrastive(torch.autograd.Function):

@@ -20,10 +20,11 @@ and each epoch is one forward and one backward pass over all pixels of all image
 
 This module checks the arguments once and dispatches through the backend table to one module per
 backend with a function ``train_heads(features, labels, *, config, seed, num_threads)`` for the
-images whose label is not constant: ``_cpp`` and ``_torch`` run the batched training of
-:mod:`topoot_gpu.head.training` with their own loss (one C++ call for both losses and their
-gradient; torch operations on any device); ``reference`` is the released head,
-:func:`topoot_gpu.head.reference.train_released_head`, image by image.
+images whose label is not constant: ``_cpp``, ``_torch`` and ``_triton`` run the batched training
+of :mod:`topoot_gpu.head.training` with their own loss (one C++ call for both losses and their
+gradient; torch operations on any device; those with the Sinkhorn loop fused in Triton);
+``reference`` is the released head, :func:`topoot_gpu.head.reference.train_released_head`, image
+by image.
 
 The draws (initial weights, partners, shuffles) are counter-based hashes of the seed
 (:mod:`topoot_gpu.core.random`), the same in the reference, on every device and for every batch
@@ -61,7 +62,9 @@ def train_heads(
         seed: a non-negative int; the same seed gives the same heads, alone or in any batch.
         backend: ``"auto"`` (``"cpp"`` for CPU tensors, ``"torch"`` for CUDA tensors), ``"cpp"`` (both
             losses and their gradient in one C++ call per step; host tensors), ``"torch"`` (torch
-            ops only, any device), ``"reference"`` (the released head,
+            ops only, any device), ``"triton"`` (the ``"torch"`` losses with the OT loss's Sinkhorn
+            iterations and their gradient fused into one Triton launch each way; CUDA tensors, or
+            CPU tensors under ``TRITON_INTERPRET=1``), ``"reference"`` (the released head,
             :func:`topoot_gpu.head.reference.train_released_head`, image by image; host tensors).
             A backend that does not take the features' device raises a ``ValueError``.
         num_threads: threads of the C++ kernels (default: all cores).

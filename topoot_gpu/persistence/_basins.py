@@ -8,8 +8,9 @@ Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence.api`) of a ba
 1. ``descent``: every pixel points at its lowest neighbour in the strict pass order ``(w, index)``
    (``w`` = the value, negated for a descending pass), a local minimum at itself; in the dual pass
    the border pixels point at the outside node ``P``, which comes before every pixel;
-2. ``jump``: pointer jumping until nothing changes: every pixel knows its basin (the minimum its
-   steepest-descent path reaches);
+2. ``jump``: pointer jumping, a fixed number of rounds (:func:`jump_rounds`) launched back to back
+   with no host synchronisation, each returning at once when the round before changed nothing:
+   every pixel knows its basin (the minimum its steepest-descent path reaches);
 3. ``boundary``: every neighbour pair that crosses two basins gives an edge whose saddle is the
    later of its two pixels;
 4. the basin graph (torch ops on the device, :func:`basin_graph`): the lowest saddle of each pair
@@ -62,6 +63,35 @@ def output(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
 def _check_written(x: torch.Tensor, lowest: int, kernel: str) -> None:
     if CHECK_KERNELS and bool((x < lowest).any()):
         raise RuntimeError(f"{kernel} left entries unwritten")
+
+
+def jump_rounds(n_pixels: int) -> int:
+    """Rounds of pointer jumping that reach every root of a pass over ``n_pixels`` pixels.
+
+    A descent path visits each pixel at most once, then perhaps the outside node, so it has at most
+    ``n_pixels`` steps. After round ``k`` every node points at least ``min(2**k, depth)`` steps up
+    its path: true for synchronous doubling, and an in-place read of a parent rewritten in the same
+    round is further up still (each thread writes only its own node). So ``ceil(log2(n_pixels))``
+    rounds suffice (224x224: 16). The backends launch them all without reading a flag on the host;
+    a round whose predecessor changed nothing returns at once (a device-side flag per round), so
+    the rounds past convergence cost a launch each (smooth 224x224 maps converge in about 8).
+    """
+    return max(1, (n_pixels - 1).bit_length())
+
+
+def round_flags(n_pixels: int, device: torch.device) -> torch.Tensor:
+    """``int32 [jump_rounds + 1]``: entry ``r`` says whether round ``r - 1`` changed a parent (entry 0
+    is set: round 0 always runs). Round ``r`` gets the view ``flags[r:]`` and reads entry 0 of it,
+    writes entry 1."""
+    flags = torch.zeros(jump_rounds(n_pixels) + 1, dtype=torch.int32, device=device)
+    flags[0] = 1
+    return flags
+
+
+def _check_roots(root: torch.Tensor) -> None:
+    """Under :data:`CHECK_KERNELS`: every node's parent is a root after the last round."""
+    if CHECK_KERNELS and not bool((root.gather(1, root) == root).all()):
+        raise RuntimeError("jump left nodes short of their roots")
 
 
 def basin_persistence(
@@ -154,6 +184,7 @@ def basin_edges(
     _check_written(parent, 0, "descent")
     stage("descent")
     root = kernels.jump(parent)
+    _check_roots(root)
     stage("jump")
     saddle = kernels.boundary(w, root, H, W, conn8)
     _check_written(saddle, -1, "boundary")

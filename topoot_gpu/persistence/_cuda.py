@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..core import backends
-from ._basins import basin_persistence, output
+from ._basins import basin_persistence, output, round_flags
 
 BLOCK = 256
 
@@ -104,13 +104,13 @@ def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torc
 
 
 def jump(parent: torch.Tensor) -> torch.Tensor:
-    """Pointer jumping in place until a launch changes nothing."""
-    changed = torch.ones(1, dtype=torch.int32, device=parent.device)
-    while bool(changed.item()):
-        changed.zero_()
+    """Pointer jumping in place on ``[B, P + 1]``: :func:`~topoot_gpu.persistence._basins.jump_rounds`
+    launches, no host synchronisation; every node's root."""
+    flags = round_flags(parent.shape[1] - 1, parent.device)
+    for r in range(len(flags) - 1):
         _launch(
             "jump", parent.numel(), parent.device,
-            parent, np.int64(parent.shape[1]), np.int64(parent.numel()), changed,
+            parent, np.int64(parent.shape[1]), np.int64(parent.numel()), flags[r:],
         )  # fmt: skip
     return parent
 

@@ -5,9 +5,9 @@ Three kernels over the pixels of a batch ``[B, H, W]``, each pixel independent:
 
 * ``descent``: every pixel's steepest lower neighbour in the pass order ``(w, index)`` (itself
   for a local minimum); in the dual pass, border pixels descend to the outside node ``P``;
-* ``jump``: pointer jumping, ``parent[x] = parent[parent[x]]``, launched until nothing changes
-  (``O(log)`` rounds of the longest descent path), so every pixel points at its basin's minimum
-  (out of place: the interpreter runs programs one after another);
+* ``jump``: pointer jumping in place, ``parent[x] = parent[parent[x]]``, for
+  :func:`~._basins.jump_rounds` rounds launched without a host synchronisation (a round after
+  one that changed nothing does no work), so every pixel points at its basin's minimum;
 * ``boundary``: for every neighbour pair counted once (E, S and, 8-connected, SE, SW), the saddle
   of the pair (the later pixel in the order) when the two pixels lie in different basins, else -1.
 
@@ -22,7 +22,7 @@ from functools import partial
 
 import torch
 
-from ._basins import basin_persistence, output
+from ._basins import basin_persistence, output, round_flags
 
 try:
     import triton
@@ -65,17 +65,20 @@ def _descent_kernel(w_ptr, parent_ptr, H, W, n_pixels, OUTSIDE: tl.constexpr, CO
 
 
 @triton.jit
-def _jump_kernel(parent_ptr, out_ptr, changed_ptr, stride, n_nodes, BLOCK: tl.constexpr):
+def _jump_kernel(parent_ptr, flags_ptr, stride, n_nodes, BLOCK: tl.constexpr):
+    # In place, as the CUDA kernel (any ancestor is a valid parent to read); a round whose
+    # predecessor changed nothing (flags_ptr[0] == 0) loads and stores nothing.
     x = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = x < n_nodes
+    valid = (x < n_nodes) & (tl.load(flags_ptr) != 0)
     base = (x // stride) * stride
     par = tl.load(parent_ptr + x, mask=valid, other=0)
     grand = tl.load(parent_ptr + base + par, mask=valid, other=0)
-    tl.store(out_ptr + x, grand, mask=valid)
-    # One flag update per program, only where something changed (no compare pass on the host).
-    changed = tl.max((valid & (grand != par)).to(tl.int32), 0)
+    moved = valid & (grand != par)
+    tl.store(parent_ptr + x, grand, mask=moved)
+    # One flag update per program, only where something moved.
+    changed = tl.max(moved.to(tl.int32), 0)
     if changed > 0:
-        tl.atomic_max(changed_ptr, changed)
+        tl.atomic_max(flags_ptr + 1, changed)
 
 
 @triton.jit
@@ -113,15 +116,12 @@ def descent(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool) -> torc
 
 
 def jump(parent: torch.Tensor) -> torch.Tensor:
-    """Pointer jumping on ``[B, P + 1]`` until a round changes nothing: every node's root."""
-    changed = torch.zeros(1, dtype=torch.int32, device=parent.device)
-    while True:
-        out = torch.empty_like(parent)
-        changed.zero_()
-        _jump_kernel[_grid(parent.numel())](parent, out, changed, parent.shape[1], parent.numel(), BLOCK=BLOCK)
-        if not bool(changed.item()):
-            return out
-        parent = out
+    """Pointer jumping in place on ``[B, P + 1]``: :func:`~topoot_gpu.persistence._basins.jump_rounds`
+    launches, no host synchronisation; every node's root."""
+    flags = round_flags(parent.shape[1] - 1, parent.device)
+    for r in range(len(flags) - 1):
+        _jump_kernel[_grid(parent.numel())](parent, flags[r:], parent.shape[1], parent.numel(), BLOCK=BLOCK)
+    return parent
 
 
 def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -> torch.Tensor:
