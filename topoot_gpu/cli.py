@@ -143,15 +143,53 @@ def _progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def refine_files(args: argparse.Namespace) -> int:
-    failed = 0
+def _read_inputs(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """Every map of the input files under a distinct output name, and how many inputs failed. A
+    file listed twice is read once; a map whose name another input took first gets ``_2``, ``_3``,
+    ... (a note on stderr says so); unreadable files are reported by name."""
     maps: list[tuple[str, np.ndarray]] = []
-    for p in args.maps:
+    failed = 0
+    seen_files: set[Path] = set()
+    taken: set[str] = set()
+    for p in paths:
+        path = Path(p)
+        key = path.resolve()
+        if key in seen_files:
+            print(f"note: {p} is listed more than once: refined once", file=sys.stderr)
+            continue
+        seen_files.add(key)
         try:
-            maps += _load_maps(Path(p))
+            loaded = _load_maps(path)
         except Exception as e:  # unreadable file: report, carry on with the others
             print(f"error: {p}: {e}", file=sys.stderr)
             failed += 1
+            continue
+        for name, a in loaded:
+            unique, k = name, 2
+            while unique in taken:
+                unique, k = f"{name}_{k}", k + 1
+            if unique != name:
+                note = f"note: {p}: the name {name!r} is taken by an earlier input; written as {unique!r}"
+                print(note, file=sys.stderr)
+            taken.add(unique)
+            maps.append((unique, a))
+    return maps, failed
+
+
+def refine_files(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: --out {args.out}: cannot create the folder ({e.strerror or e})", file=sys.stderr)
+        return 2
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except Exception as e:  # an unknown device, or CUDA asked of a CPU-only torch (AssertionError)
+        print(f"error: --device {args.device}: {e}", file=sys.stderr)
+        return 2
+    maps, failed = _read_inputs(args.maps)
     features = None
     if args.features is not None:
         try:
@@ -163,14 +201,6 @@ def refine_files(args: argparse.Namespace) -> int:
             print(f"error: --features holds {len(loaded)} images, the maps read are {len(maps)}", file=sys.stderr)
             return 2
         features = loaded
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as e:
-        print(f"error: --device {args.device}: {e}", file=sys.stderr)
-        return 2
     # Consecutive maps of one shape go together, at most --batch-size at a time.
     batches: list[list[int]] = []
     for i, (_, a) in enumerate(maps):
@@ -181,24 +211,42 @@ def refine_files(args: argparse.Namespace) -> int:
     show = len(batches) > 1 and not args.quiet
     done = written = 0
     for idx in batches:
-        names = [maps[i][0] for i in idx]
-        x = torch.from_numpy(np.stack([maps[i][1] for i in idx])).to(device)
-        f = None if features is None else torch.from_numpy(np.stack([features[i] for i in idx])).float().to(device)
-        try:
-            result = refine(x, f, seed=args.seed)
-        except ValueError as e:
-            print(f"\nerror: {', '.join(names)}: {e}", file=sys.stderr)
-            failed += len(idx)
-        else:
-            for name, m in zip(names, result.mask.cpu().numpy()):
-                np.save(out / f"{name}_mask.npy", m)
-                _save_mask_png(out / f"{name}_mask.png", m)
-                written += 1
+        for group, masks in _refine_batch(maps, features, idx, device, args.seed):
+            for i, m in zip(group, masks):
+                name = maps[i][0]
+                if m is None:
+                    failed += 1
+                    continue
+                try:
+                    np.save(out / f"{name}_mask.npy", m)
+                    _save_mask_png(out / f"{name}_mask.png", m)
+                    written += 1
+                except OSError as e:
+                    print(f"\nerror: {name}: cannot write its mask ({e})", file=sys.stderr)
+                    failed += 1
         done += len(idx)
         if show:
             _progress(done, len(maps))
     print(f"{written} masks written to {out}/" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+def _refine_batch(maps, features, idx: list[int], device: torch.device, seed: int):
+    """``(indices, masks)`` of one batch; when the batch is refused (a ``ValueError``), each map alone,
+    so that one bad map costs only itself (``None`` for a map refused alone, with a message)."""
+    groups = [idx]
+    while groups:
+        group = groups.pop(0)
+        x = torch.from_numpy(np.stack([maps[i][1] for i in group])).to(device)
+        f = None if features is None else torch.from_numpy(np.stack([features[i] for i in group])).float().to(device)
+        try:
+            yield group, list(refine(x, f, seed=seed).mask.cpu().numpy())
+        except ValueError as e:
+            if len(group) > 1:
+                groups = [[i] for i in group] + groups
+            else:
+                print(f"\nerror: {maps[group[0]][0]}: {e}", file=sys.stderr)
+                yield group, [None]
 
 
 def _load_features(path: Path) -> np.ndarray:

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "buffer.h"
 #include "parallel.h"
 #include "sinkhorn_cpu.h"
 
@@ -16,7 +17,8 @@ namespace {
 
 struct StabilityScratch {
   SinkhornScratch<double> solver;
-  std::vector<double> wa, wb, cost, plan, lu, lv;
+  std::vector<double> wa, wb, lu, lv;
+  Buffer<double> cost, plan;  // [n(+1), m(+1)]: uninitialised when they grow (buffer.h)
 };
 
 }  // namespace
@@ -44,9 +46,12 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
     const int64_t nr = diagonal ? n + 1 : n, mc = diagonal ? m + 1 : m;
     s.wa.assign(nr, 0.0);
     s.wb.assign(mc, 0.0);
-    s.cost.assign(nr * mc, 0.0);
+    s.cost.resize(nr * mc);
     double* M = s.cost.data();
+    // Large problems (10k x 10k points on raw noise) take seconds per pass: poll every few rows.
+    const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
     for (int64_t i = 0; i < n; ++i) {
+      if (i % poll_rows == 0) poll();
       for (int64_t j = 0; j < m; ++j) {
         const double dl = Pk[2 * i] - Qk[2 * j], dh = Pk[2 * i + 1] - Qk[2 * j + 1];
         M[i * mc + j] = dl * dl + dh * dh;
@@ -55,6 +60,7 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
     if (diagonal) {  // paper text: the diagonal as an extra last row and column
       for (int64_t i = 0; i < n; ++i) M[i * mc + m] = (Pk[2 * i + 1] - Pk[2 * i]) * (Pk[2 * i + 1] - Pk[2 * i]) / 2;
       for (int64_t j = 0; j < m; ++j) M[n * mc + j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
+      M[n * mc + m] = 0;  // diagonal to diagonal
       for (int64_t i = 0; i < n; ++i) s.wa[i] = 1.0 / static_cast<double>(n + m);
       for (int64_t j = 0; j < m; ++j) s.wb[j] = 1.0 / static_cast<double>(n + m);
       s.wa[n] = static_cast<double>(m) / static_cast<double>(n + m);
@@ -62,10 +68,12 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
     } else {  // released: squared Euclidean distances over the largest one
       double dmax = 0;
       for (int64_t e = 0; e < n * m; ++e) dmax = std::max(dmax, std::sqrt(M[e]));
+      poll();
       for (int64_t e = 0; e < n * m; ++e) {
         const double r = std::sqrt(M[e]) / (dmax + 1e-12);
         M[e] = r * r;
       }
+      poll();
       for (int64_t i = 0; i < n; ++i) s.wa[i] = 1.0 / static_cast<double>(n);
       for (int64_t j = 0; j < m; ++j) s.wb[j] = 1.0 / static_cast<double>(m);
     }
@@ -83,6 +91,7 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
     for (int64_t i = 0; i < n; ++i) sr[i] = -1;
     for (int64_t j = 0; j < m; ++j) sc[j] = -1;
     for (int64_t i = 0; i < n; ++i) {
+      if (i % poll_rows == 0) poll();
       for (int64_t j = 0; j < m; ++j) {
         const double Sij = plan[i * mc + j] / (1.0 + std::sqrt(std::max(M[i * mc + j], 0.0)));
         if (Sij > sr[i]) {  // strict: the first maximum wins, as argmax

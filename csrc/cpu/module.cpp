@@ -11,6 +11,7 @@
 #include <string>
 
 #include "basin_merge_host.h"
+#include "parallel.h"
 #include "best_stability_cpu.h"
 #include "head_cpu.h"
 #include "persistence_cpu.h"
@@ -72,7 +73,10 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
   if (maps.ndim() != 3) throw std::invalid_argument("maps: expected a [B, H, W] array");
   const int64_t B = maps.shape(0), H = maps.shape(1), W = maps.shape(2);
   if (H < 1 || W < 1) throw std::invalid_argument("maps: empty spatial dimension");
-  if ((H + 2) * (W + 2) > (int64_t{1} << 30)) throw std::invalid_argument("maps: map too large");
+  if ((H + 2) * (W + 2) > (int64_t{1} << 30)) {
+    throw std::invalid_argument("maps: a " + std::to_string(H) + " x " + std::to_string(W) +
+                                " map is too large for the C++ core ((H + 2) * (W + 2) must be at most 2**30)");
+  }
   topoot::PersistenceOptions opt;
   opt.superlevel = superlevel;
   if (construction == "T") {
@@ -262,8 +266,24 @@ py::tuple head_loss_impl(const Array<T>& e, const Array<uint8_t>& y, const Array
 
 }  // namespace
 
+// Ctrl-C: the kernels poll (parallel.h); on the calling thread a poll takes the GIL back for a
+// moment and runs Python's signal handlers. A handler that raised (KeyboardInterrupt) leaves its
+// error set and the kernel unwinds with topoot::Interrupted, which becomes that error here.
+bool python_signal_pending() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "topoot_gpu C++ kernels (CPU)";
+  topoot::signal_pending() = &python_signal_pending;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const topoot::Interrupted&) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyboardInterrupt, "interrupted");
+    }
+  });
   m.def("basin_merge", &basin_merge, py::arg("offsets"), py::arg("saddle"), py::arg("root_a"), py::arg("root_b"),
         py::arg("w_saddle"), py::arg("w_a"), py::arg("w_b"), py::arg("P"), py::arg("outside"), py::arg("dim"),
         py::arg("sign"), py::arg("num_threads"));

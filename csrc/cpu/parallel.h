@@ -1,8 +1,10 @@
-// A minimal parallel-for over independent items (images, transport problems).
+// A minimal parallel-for over independent items (images, transport problems), interruptible.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <mutex>
@@ -16,37 +18,132 @@ inline int resolve_threads(int num_threads, int64_t items) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, items)));
 }
 
+// Thrown out of a kernel when its call is cancelled: by a pending signal (Ctrl-C; the Python
+// error is then set and the module's translator re-raises it) or by another worker's error.
+struct Interrupted : std::exception {
+  const char* what() const noexcept override { return "interrupted"; }
+};
+
+// How the calling thread asks whether a signal is pending: installed by the Python module
+// (briefly takes the GIL, runs PyErr_CheckSignals; true when a handler raised). Null outside
+// Python: nothing is polled.
+inline bool (*&signal_pending())() {
+  static bool (*check)() = nullptr;
+  return check;
+}
+
+namespace detail {
+struct Call {
+  std::atomic<bool> cancel{false};
+};
+struct Local {
+  Call* call = nullptr;
+  bool caller = false;  // the thread that entered parallel_for (the one Python signals reach)
+  std::chrono::steady_clock::time_point last{};
+};
+inline Local& local() {
+  static thread_local Local l;
+  return l;
+}
+// Signals are looked at at most this often (each look takes the GIL).
+constexpr std::chrono::milliseconds kSignalPeriod{50};
+
+// Whether a signal handler raised since the last look (at most every kSignalPeriod); marks the
+// call cancelled when one did.
+inline bool signal_raised(Local& l) {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - l.last < kSignalPeriod) return false;
+  l.last = now;
+  if (signal_pending() && signal_pending()()) {
+    l.call->cancel = true;
+    return true;
+  }
+  return false;
+}
+}  // namespace detail
+
+// Whether the current parallel_for call is cancelled, without throwing: for code compiled with
+// target_clones (GCC's clones do not unwind reliably), which stops its loop and returns; the
+// body's next poll() then throws. On the calling thread it also looks for pending signals, at
+// most every 50 ms. Outside parallel_for: false.
+inline bool interrupted() {
+  detail::Local& l = detail::local();
+  if (l.call == nullptr) return false;
+  if (l.call->cancel.load(std::memory_order_relaxed)) return true;
+  return l.caller && detail::signal_raised(l);
+}
+
+// Work between two polls, in matrix entries (a few milliseconds).
+constexpr int64_t kPollEntries = int64_t{1} << 20;
+
+// Called by kernels between coarse steps of long work (every few milliseconds of work at most,
+// never in a tight loop): throws Interrupted when the call is cancelled (see interrupted()).
+inline void poll() {
+  if (interrupted()) throw Interrupted{};
+}
+
 // Calls body(worker_state, i) for i in [0, n) on up to num_threads threads.
 // Each worker owns one State (scratch buffers); the calling thread is one of
 // the workers and keeps its State between calls, so that a caller that runs
 // batch after batch does not fault fresh pages in every time. The first
-// exception thrown by a body is rethrown here.
+// exception thrown by a body is rethrown here (the other workers stop at their
+// next poll). When its own items are done, the calling thread keeps looking for
+// signals while it waits for the others, so Ctrl-C is honoured within ~50 ms of
+// the next poll of a worker.
 template <typename State, typename Body>
 void parallel_for(int64_t n, int num_threads, Body body) {
   const int threads = resolve_threads(num_threads, n);
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
-  std::mutex error_mutex;
+  std::mutex mutex;
+  std::condition_variable finished;
+  int running = threads - 1;
+  detail::Call call;
   auto run = [&](State& state) {
     try {
-      for (int64_t i; (i = next.fetch_add(1)) < n;) body(state, i);
+      for (int64_t i; (i = next.fetch_add(1)) < n;) {
+        poll();
+        body(state, i);
+      }
     } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex);
+      std::lock_guard<std::mutex> lock(mutex);
       if (!error) error = std::current_exception();
       next = n;
+      call.cancel = true;
     }
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
   for (int t = 1; t < threads; ++t) {
-    pool.emplace_back([&run]() {
+    pool.emplace_back([&]() {
+      detail::local() = detail::Local{&call, false, {}};
       State state;
       run(state);
+      detail::local() = detail::Local{};
+      std::lock_guard<std::mutex> lock(mutex);
+      --running;
+      finished.notify_one();
     });
   }
+  detail::Local& me = detail::local();
+  const detail::Local saved = me;
+  me = detail::Local{&call, true, std::chrono::steady_clock::now()};
   static thread_local State caller_state;
   run(caller_state);
+  {
+    std::unique_lock<std::mutex> lock(mutex);
+    while (running > 0) {
+      if (finished.wait_for(lock, detail::kSignalPeriod, [&] { return running == 0; })) break;
+      lock.unlock();
+      const bool raised = detail::signal_raised(me);
+      lock.lock();
+      if (raised && !error) error = std::make_exception_ptr(Interrupted{});
+    }
+  }
   for (auto& th : pool) th.join();
+  me = saved;
+  // A kernel that stopped on interrupted() without a later poll() leaves only the flag.
+  if (!error && call.cancel) error = std::make_exception_ptr(Interrupted{});
   if (error) std::rethrow_exception(error);
 }
 

@@ -131,6 +131,7 @@ void radix_sort(std::vector<uint64_t>& keys, std::vector<int32_t>& idx, std::vec
   uint64_t* kd = ktmp.data();
   int32_t* id = itmp.data();
   for (int p = 0; p < kPasses; ++p) {
+    poll();  // a pass over a large image's saddles takes a while
     uint32_t* h = &hist[p * kBuckets];
     const int shift = p * kRadix;
     if (h[(ks[0] >> shift) & (kBuckets - 1)] == n) continue;
@@ -253,7 +254,9 @@ void union_find_pass(Workspace<T>& ws, const uint8_t* lower_mask, int64_t H, int
   const int64_t Wo = W;
   auto original = [Wp, Wo](int32_t P) { return static_cast<int64_t>(P / Wp - 1) * Wo + (P % Wp - 1); };
   const auto& reps = kTables.reps[Conn8 ? 1 : 0];
+  size_t visited = 0;
   for (const int32_t p : ws.saddles) {
+    if ((++visited & 0xFFFF) == 0) poll();
     // One root lookup per local component of p's lower neighbours.
     unsigned m = reps[lower_mask[p]];
     int32_t cur = find(p + off[__builtin_ctz(m)]);
@@ -364,7 +367,9 @@ void image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOption
   }
   std::fill(v + (H + 1) * Wp, v + (H + 2) * Wp, pad);
 
+  poll();
   lower_masks(ws, H, W);
+  poll();
   const bool t = opt.construction == Construction::T;
   if (opt.dim0) {
     if (opt.superlevel) {
@@ -383,6 +388,7 @@ void image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOption
     out.death_pixel.push_back(-1);
   }
   if (opt.dim1) {
+    poll();
     if (opt.superlevel) {
       dispatch_pass<T, false, true>(!t, ws, H, W, 1, out);
     } else {

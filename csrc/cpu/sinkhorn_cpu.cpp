@@ -58,7 +58,9 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
   T* v = s.v.data();
   const T* a = s.a.data();
   const T* b = s.b.data();
+  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   for (int64_t i = 0; i < nr; ++i) {
+    if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
     const T inv_a = T(1) / a[i];
     for (int64_t j = 0; j < mc; ++j) Kp[i * mc + j] = inv_a * K[i * mc + j];
   }
@@ -66,7 +68,11 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
   for (int64_t j = 0; j < mc; ++j) v[j] = T(1) / static_cast<T>(mc);
   T* ktu = s.col.data();
   int64_t ii = 0;
-  for (; ii < opt.max_iter; ++ii) {
+  for (int64_t work = 0; ii < opt.max_iter; ++ii) {
+    if ((work += nr * mc) >= kPollEntries) {
+      work = 0;
+      if (interrupted()) break;  // inside target_clones: no throw here (parallel.h)
+    }
     std::copy(u, u + nr, s.u_prev.begin());
     std::copy(v, v + mc, s.v_prev.begin());
     for (int64_t j = 0; j < mc; ++j) ktu[j] = 0;
@@ -111,7 +117,11 @@ TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, cons
   for (int64_t j = 0; j < mc; ++j) v[j] = 0;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   int64_t ii = 0;
-  for (; ii < opt.max_iter; ++ii) {
+  for (int64_t work = 0; ii < opt.max_iter; ++ii) {
+    if ((work += nr * mc) >= kPollEntries) {
+      work = 0;
+      if (interrupted()) break;  // inside target_clones: no throw here (parallel.h)
+    }
     // v_j = log b_j - LSE_i(Mr_ij + u_i)
     for (int64_t j = 0; j < mc; ++j) mx[j] = neg_inf;
     for (int64_t i = 0; i < nr; ++i) {
@@ -154,7 +164,11 @@ template <typename T>
 TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m,
                           const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  std::fill(Pk, Pk + n * m, T(0));
+  const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
+  for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
+    if (i % poll_fill == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+    std::fill(Pk + i * m, Pk + (i + 1) * m, T(0));
+  }
   std::fill(luk, luk + n, neg_inf);
   std::fill(lvk, lvk + m, neg_inf);
   niter = 0;
@@ -178,7 +192,9 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   for (int64_t i = 0; i < nr; ++i) s.a[i] = ak[s.rows[i]];
   for (int64_t j = 0; j < mc; ++j) s.b[j] = bk[s.cols[j]];
   const T reg = static_cast<T>(opt.reg);
+  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   for (int64_t i = 0; i < nr; ++i) {
+    if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
     const T* Mi = Mk + s.rows[i] * m;
     T* Ki = s.K.data() + i * mc;
     for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
@@ -192,6 +208,7 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   if (opt.log_domain) {
     solve_log(s, nr, mc, opt, niter, errk);
     for (int64_t i = 0; i < nr; ++i) {
+      if (i % poll_rows == 0 && interrupted()) return;
       for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = exp_fast(s.K[i * mc + j] + s.u[i] + s.v[j]);
     }
     for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = s.u[i];
@@ -199,6 +216,7 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   } else {
     solve_scaling(s, nr, mc, opt, niter, errk);
     for (int64_t i = 0; i < nr; ++i) {
+      if (i % poll_rows == 0 && interrupted()) return;
       for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = s.u[i] * s.K[i * mc + j] * s.v[j];
     }
     for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = std::log(s.u[i]);

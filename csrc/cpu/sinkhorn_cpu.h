@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "buffer.h"
+
 namespace topoot {
 
 struct SinkhornOptions {
@@ -25,7 +27,8 @@ void sinkhorn_batch(const T* a, const T* b, const T* M, int64_t B, int64_t n, in
 template <typename T>
 struct SinkhornScratch {
   std::vector<int64_t> rows, cols;
-  std::vector<T> a, b, K, Kp, u, v, u_prev, v_prev, col, mx;
+  std::vector<T> a, b, u, v, u_prev, v_prev, col, mx;
+  Buffer<T> K, Kp;  // [rows, cols]: uninitialised when they grow (buffer.h)
 };
 
 // One padded problem start to finish (a [n], b [m], M [n, m]; zero weights are padding): plan

@@ -1,4 +1,5 @@
-"""CPU memory: let glibc's malloc reuse freed blocks instead of faulting fresh pages in.
+"""Memory: how much a step may allocate (:func:`memory_budget`), and on the CPU, let glibc's malloc
+reuse freed blocks instead of faulting fresh pages in (:func:`keep_freed_memory`).
 
 The batched head allocates tensors of hundreds of MB per step (``[B, H*W, hid]``). glibc serves
 blocks above its mmap threshold (at most 32 MiB by default) with a fresh ``mmap`` and unmaps them
@@ -13,6 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+
+import torch
+
+from .validation import check_int
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -38,3 +44,28 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <<
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def memory_budget(max_memory: int | None, device: torch.device) -> int:
+    """Bytes a step may allocate: ``max_memory`` when given (a positive int), else half of what the
+    device has: on the host, half of the smaller of the physical memory and the address-space
+    limit (``RLIMIT_AS``) where one is set; on CUDA, half of the device's total memory."""
+    if max_memory is not None:
+        return check_int("max_memory", max_memory, minimum=1)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            total = min(total, soft)
+    except (ImportError, ValueError, OSError):  # pragma: no cover - platforms without rlimits
+        pass
+    return total // 2
+
+
+def gib(n_bytes: float) -> str:
+    """``n_bytes`` as GiB for messages."""
+    return f"{n_bytes / 2**30:.2f} GiB"

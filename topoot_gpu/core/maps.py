@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .validation import check_maps
+
 
 def normalise_maps(a: np.ndarray) -> np.ndarray:
-    """Per image ``(A - min) / (max - min)`` of ``[B, H, W]`` in float64; constant images become zeros."""
+    """Per image ``(A - min) / (max - min)`` of ``[B, H, W]`` in float64; constant images become zeros.
+
+    A finite map whose range overflows float64 (``max - min > 1.8e308``, e.g. values near
+    ``+-1.7e308``) is first divided by a power of two above its largest magnitude (``ldexp``, exact), then
+    normalised: values in ``[0, 1]``, never inf or NaN. Any other map gets the released formula's
+    bits.
+    """
     a = a.astype(np.float64)
     lo = a.min(axis=(1, 2), keepdims=True)
     hi = a.max(axis=(1, 2), keepdims=True)
-    span = hi - lo
-    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = hi - lo
+        huge = ~np.isfinite(span)
+        if huge.any():
+            e = np.where(huge, np.frexp(np.maximum(np.abs(lo), np.abs(hi)))[1], 0)
+            a, lo, hi = np.ldexp(a, -e), np.ldexp(lo, -e), np.ldexp(hi, -e)
+            span = hi - lo
+        return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
 
 
 def quantised_level_maps(a: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
@@ -33,16 +48,33 @@ def quantised_level_maps(a: np.ndarray, levels: tuple[float, ...]) -> np.ndarray
     return np.stack(out + [a], axis=1)
 
 
-def map_features(maps: torch.Tensor) -> torch.Tensor:
-    """The per-pixel features used when no backbone features are given: ``[B, 8, H, W]`` float32.
+def map_features(maps: Any) -> Any:
+    """The per-pixel features used when no backbone features are given.
 
-    From the normalised map ``a`` (``[B, H, W]``, values in ``[0, 1]``): ``a``; Gaussian blurs of
-    ``a`` at sigma 1, 2, 4 and 8 pixels; the gradient magnitude (central differences) of the
-    sigma-1 and sigma-4 blurs; and the local contrast ``a - blur_8(a)``. Borders are replicated.
-    On CUDA the blurs run in full float32 (cuDNN's TF32 off for them), so the features are the
-    CPU's up to float32 rounding.
+    Args:
+        maps: ``[B, H, W]`` or ``[H, W]`` finite real maps, numpy or torch (any device).
+
+    Returns:
+        float32 ``[B, 8, H, W]`` (``[8, H, W]`` for one map), numpy or torch on the maps' device
+        like the input. From the normalised map ``a = (A - min) / (max - min)`` (per map,
+        :func:`normalise_maps`; a constant map gives zeros): ``a``; Gaussian blurs of ``a`` at sigma
+        1, 2, 4 and 8 pixels; the gradient magnitude (central differences) of the sigma-1 and
+        sigma-4 blurs; and the local contrast ``a - blur_8(a)``. Borders are replicated. On CUDA
+        the blurs run in full float32 (cuDNN's TF32 off for them), so the features are the CPU's
+        up to float32 rounding.
+
+    Raises:
+        ValueError: ``maps`` not a real floating array or tensor of rank 2 or 3, with an empty
+            dimension, or with NaN/inf values.
     """
-    a = maps.to(torch.float32).unsqueeze(1)
+    batch = check_maps(maps)
+    a = torch.from_numpy(normalise_maps(batch.numpy())).to(batch.device)
+    return batch.to_caller(normalised_map_features(a))
+
+
+def normalised_map_features(a: torch.Tensor) -> torch.Tensor:
+    """:func:`map_features` of maps ``[B, H, W]`` already normalised to ``[0, 1]``."""
+    a = a.to(torch.float32).unsqueeze(1)
     with _full_float32_convolutions():
         blurs = {s: _gaussian_blur(a, s) for s in (1, 2, 4, 8)}
     channels = [a, blurs[1], blurs[2], blurs[4], blurs[8], _gradient_magnitude(blurs[1]), _gradient_magnitude(blurs[4])]

@@ -56,18 +56,51 @@ def check_config(config: Any, cls: type) -> Any:
     return config
 
 
-def check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed: expected an int in [0, 2**63), got {seed!r}")
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def check_threads(num_threads: int | None) -> int:
+def check_number(
+    name: str, value: Any, *, minimum: float | None = None, strict: bool = False, finite: bool = True
+) -> float:
+    """``value`` as a Python float: an int, a float or a numpy integer/floating scalar (not a bool, a
+    string, a complex or None), finite unless ``finite=False``, at least ``minimum`` (above it with
+    ``strict``). One rule for every numeric option of every function and config."""
+    if not _is_real(value):
+        raise ValueError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")
+    x = float(value)
+    if finite and not np.isfinite(x):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if np.isnan(x):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if minimum is not None and (x <= minimum if strict else x < minimum):
+        raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return x
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as a Python int: an int or a numpy integer scalar (not a bool or a float), in
+    ``[minimum, maximum]`` where given."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+    v = int(value)
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        lo = "" if minimum is None else f"{minimum} <= "
+        hi = "" if maximum is None else f" <= {maximum}"
+        raise ValueError(f"{name}: expected an int with {lo}{name}{hi}, got {value!r}")
+    return v
+
+
+def check_seed(seed: Any) -> int:
+    """A seed: an int (or numpy integer) in ``[0, 2**63)``."""
+    return check_int("seed", seed, minimum=0, maximum=2**63 - 1)
+
+
+def check_threads(num_threads: Any) -> int:
     """``num_threads`` of a C++ kernel: a positive int, or None for every core."""
     if num_threads is None:
         return os.cpu_count() or 1
-    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
-        raise ValueError(f"num_threads: expected a positive int or None, got {num_threads!r}")
-    return num_threads
+    return check_int("num_threads", num_threads, minimum=1)
 
 
 def floating_tensor(x: Any, name: str) -> torch.Tensor:

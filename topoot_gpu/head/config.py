@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from ..core.validation import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class HeadConfig:
             the released code, although the plan has two columns).
         ot_weight, contrastive_weight: the loss is ``ot_weight * L_OT + contrastive_weight *
             L_contrastive``.
+        max_memory: bytes the batched training may allocate (``None``: half of the device's
+            memory, :func:`topoot_gpu.core.allocator.memory_budget`). Not part of the SPEC: the
+            images are trained in as many sub-batches as needed (:func:`topoot_gpu.head.api.bytes_per_image`; a head
+            gives the same mask in any batch), and one image that alone needs more raises a
+            ``ValueError`` saying how much.
     """
 
     embed_dim: int = 128
@@ -41,24 +47,20 @@ class HeadConfig:
     entropy_base: float = 3.0
     ot_weight: float = 0.5
     contrastive_weight: float = 0.5
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
+        # Numbers (numpy scalars too) are stored as Python ints and floats.
         for name in ("embed_dim", "epochs", "pair_batch", "ot_iter"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        positive = ("lr", "margin", "ot_reg")
-        non_negative = ("pair_eps", "ot_eps", "ot_weight", "contrastive_weight")
-        for name in positive + non_negative + ("entropy_base",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name}: expected a finite number, got {v!r}")
-            if name in positive and v <= 0:
-                raise ValueError(f"{name}: expected > 0, got {v!r}")
-            if name in non_negative and v < 0:
-                raise ValueError(f"{name}: expected >= 0, got {v!r}")
-        if self.entropy_base <= 1:
-            raise ValueError(f"entropy_base: expected > 1, got {self.entropy_base!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1))
+        for name in ("lr", "margin", "ot_reg"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0, strict=True))
+        for name in ("pair_eps", "ot_eps", "ot_weight", "contrastive_weight"):
+            object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0))
+        base = check_number("entropy_base", self.entropy_base, minimum=1, strict=True)
+        object.__setattr__(self, "entropy_base", base)
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", check_int("max_memory", self.max_memory, minimum=1))
 
     def hidden(self, channels: int) -> int:
         return (channels + self.embed_dim) // 2

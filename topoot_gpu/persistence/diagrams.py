@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
+
+from ..core.validation import check_int, check_number
 
 FILTRATIONS = ("sublevel", "superlevel")
 CONSTRUCTIONS = ("T", "V")
@@ -54,19 +57,25 @@ class Diagrams:
         )
 
     def select(self, *, image: int | None = None, dim: int | None = None) -> Diagrams:
-        """The pairs of one image and/or one dimension, as a ``Diagrams`` of the same batch."""
+        """The pairs of one image and/or one dimension, as a ``Diagrams`` of the same batch.
+        ``image`` in ``[0, batch_size)`` and ``dim`` in ``{0, 1}`` (ints, not bools), else a
+        ``ValueError``."""
         mask = np.ones(len(self), dtype=bool)
         if image is not None:
-            mask &= self.image == image
+            mask &= self.image == self._image(image)
         if dim is not None:
-            mask &= self.dim == dim
+            mask &= self.dim == self._dim(dim)
         return self._rows(mask)
+
+    def _image(self, image: Any) -> int:
+        return check_int("image", image, minimum=0, maximum=self.batch_size - 1)
+
+    def _dim(self, dim: Any) -> int:
+        return check_int("dim", dim, minimum=0, maximum=1)
 
     def intervals(self, image: int, dim: int) -> np.ndarray:
         """``[k, 2]`` float64 ``(birth, death)`` rows of one image and dimension, GUDHI's convention."""
-        if not 0 <= image < self.batch_size:
-            raise ValueError(f"image: expected 0 <= image < {self.batch_size}, got {image}")
-        sel = (self.image == image) & (self.dim == dim)
+        sel = (self.image == self._image(image)) & (self.dim == self._dim(dim))
         return np.stack([self.birth[sel], self.death[sel]], axis=1)
 
     def at_threshold(self, tau: float) -> Diagrams:
@@ -76,9 +85,7 @@ class Diagrams:
         Superlevel: the pairs with ``birth >= tau``, a death below ``tau`` becoming ``-inf``.
         The death pixel of a pair made essential is ``-1``.
         """
-        tau = float(tau)
-        if not np.isfinite(tau):
-            raise ValueError(f"tau: expected a finite number, got {tau}")
+        tau = check_number("tau", tau)
         if self.filtration == "sublevel":
             keep, cut, inf = self.birth <= tau, self.death > tau, np.inf
         else:

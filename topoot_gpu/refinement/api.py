@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..core import backends
-from ..core.maps import map_features, normalise_maps
+from ..core.maps import normalise_maps, normalised_map_features
 from ..core.validation import check_config, check_features, check_maps, check_seed, check_threads
 from ..head.api import train
 from ..selection.api import resolve_backends, select
@@ -58,7 +58,7 @@ def refine(
             config, seed or backend (unknown, or not running on the maps' device).
     """
     config = check_config(config, RefineConfig)
-    check_seed(seed)
+    seed = check_seed(seed)
     batch = check_maps(maps)
     B, H, W = batch.tensor.shape
     device = batch.device
@@ -72,7 +72,7 @@ def refine(
     t1 = time.perf_counter()
     seconds["selection"] = t1 - t0
     if features is None:
-        features = map_features(torch.from_numpy(normalise_maps(batch.numpy())).to(device))
+        features = normalised_map_features(torch.from_numpy(normalise_maps(batch.numpy())).to(device))
     t2 = time.perf_counter()
     seconds["features"] = t2 - t1
     threads = check_threads(None)

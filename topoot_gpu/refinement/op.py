@@ -36,7 +36,9 @@ def refine_op(
     """``torch.ops.topoot.refine(maps, features, seed=0, levels=None, reg, top_m, delta_sub, delta_sup,
     epochs, lr) -> (mask, pseudo_label)``: :func:`refine` with those fields of
     :class:`RefineConfig` (defaults: the configs' own; ``levels=None``: ``SelectionConfig().levels``;
-    every other field at its default); bool outputs of the maps' shape on their device."""
+    every other field at its default); bool outputs of the maps' shape on their device. Tensors
+    only (``refine`` takes numpy too); the head trains on a detached copy of the features, so
+    their autograd state does not matter."""
     selection = dict(reg=reg, top_m=top_m, delta_sub=delta_sub, delta_sup=delta_sup)
     if levels is not None:
         selection["levels"] = tuple(levels)
@@ -47,6 +49,13 @@ def refine_op(
 
 @refine_op.register_fake
 def _(maps, features, *args, **kwargs):
+    # The shape checks refine makes, so that a traced model fails where the eager one would.
     if maps.dim() not in (2, 3):
         raise ValueError(f"maps: expected shape [H, W] or [B, H, W], got {tuple(maps.shape)}")
+    if features is not None:
+        if features.dim() != maps.dim() + 1:
+            shape = "[C, h, w] for one [H, W] map" if maps.dim() == 2 else "[B, C, h, w] for maps [B, H, W]"
+            raise ValueError(f"features: expected {shape}, got shape {tuple(features.shape)}")
+        if maps.dim() == 3 and features.shape[0] != maps.shape[0]:
+            raise ValueError(f"features: batch size {features.shape[0]} does not match the maps' {maps.shape[0]}")
     return torch.empty_like(maps, dtype=torch.bool), torch.empty_like(maps, dtype=torch.bool)

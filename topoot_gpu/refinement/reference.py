@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..core.maps import map_features, normalise_maps
+from ..core.maps import normalise_maps, normalised_map_features
 from ..core.validation import check_config, check_features, check_maps, check_seed
 from ..head.reference import train_released_head
 from ..selection.reference import pseudo_labels
@@ -21,7 +21,7 @@ def refine(maps: Any, features: Any = None, *, config: RefineConfig | None = Non
     """:func:`topoot_gpu.refine` as the released code computes it, one image after another (the same
     arguments, host inputs only; ``seconds`` per stage as there)."""
     config = check_config(config, RefineConfig)
-    check_seed(seed)
+    seed = check_seed(seed)
     batch = check_maps(maps)
     if batch.device.type != "cpu":
         raise ValueError(f"maps: the reference pipeline runs on host inputs, got {batch.device}")
@@ -31,7 +31,7 @@ def refine(maps: Any, features: Any = None, *, config: RefineConfig | None = Non
     selection = pseudo_labels(batch.tensor, config=config.selection)
     selected = time.perf_counter()
     if features is None:
-        features = map_features(torch.from_numpy(normalise_maps(batch.numpy())))
+        features = normalised_map_features(torch.from_numpy(normalise_maps(batch.numpy())))
     featured = time.perf_counter()
     masks = selection.labels.clone()
     for b, label in enumerate(selection.labels):

@@ -132,7 +132,7 @@ def _best_stabilities(P: np.ndarray, p_sizes: np.ndarray, Q: np.ndarray, q_sizes
         torch.from_numpy(np.ascontiguousarray(P)).to(dev), torch.from_numpy(p_sizes).to(dev),
         torch.from_numpy(np.ascontiguousarray(Q)).to(dev), torch.from_numpy(q_sizes).to(dev), cost=config.cost,
         reg=config.reg, max_iter=config.max_iter, stop_thr=config.stop_thr, backend=run.transport,
-        num_threads=check_threads(None),
+        num_threads=check_threads(None), max_memory=config.max_memory,
     )  # fmt: skip
     return (res.s_row.cpu().numpy(), res.c_row.cpu().numpy()), (res.s_col.cpu().numpy(), res.c_col.cpu().numpy())
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.validation import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class SelectionConfig:
             sublevel and superlevel filtrations (released: ``(1,)`` and ``(0,)``; the paper-text
             option adds sublevel H0 and superlevel H1).
         ranking: ``"and_product"``, the only ranking the SPEC defines.
+        max_memory: bytes each transport step may allocate (``None``: half of the device's
+            memory, :func:`topoot_gpu.core.allocator.memory_budget`). Not part of the SPEC: it
+            changes no label, only whether a map with very many candidates (dense transport
+            problems of ``n x m`` points, ~32 bytes per entry on the CPU) runs or raises a
+            ``ValueError`` saying what it needs.
     """
 
     levels: tuple[float, ...] = (1000,)
@@ -42,38 +50,31 @@ class SelectionConfig:
     sub_dims: tuple[int, ...] = (1,)
     sup_dims: tuple[int, ...] = (0,)
     ranking: str = "and_product"
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, what: str) -> None:
             raise ValueError(f"{name}: expected {what}, got {getattr(self, name)!r}")
 
-        try:
-            levels = tuple(float(x) for x in self.levels)
-        except (TypeError, ValueError):
+        if isinstance(self.levels, (str, bytes)) or not hasattr(self.levels, "__iter__"):
             fail("levels", "a sequence of numbers")
-        if not all(math.isfinite(x) for x in levels):
-            fail("levels", "finite numbers")
-        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "levels", tuple(check_number("levels", x) for x in self.levels))
+        levels = self.levels
         if self.level_mode not in ("quantise", "threshold"):
             fail("level_mode", "'quantise' or 'threshold'")
         if self.level_mode == "threshold" and not all(0 < t < 1 for t in levels):
             fail("levels", "thresholds in (0, 1) with level_mode='threshold'")
         if self.level_mode == "quantise" and not all(float(k).is_integer() for k in levels):
             fail("levels", "integer level counts with level_mode='quantise'")
-        if not (isinstance(self.reg, (int, float)) and math.isfinite(self.reg) and self.reg > 0):
-            fail("reg", "a finite number > 0")
+        # Numbers (numpy scalars too) are stored as Python ints and floats.
+        object.__setattr__(self, "reg", check_number("reg", self.reg, minimum=0, strict=True))
         for name in ("max_iter", "top_m", "top_k"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                fail(name, "an int >= 1")
-        if not (isinstance(self.stop_thr, (int, float)) and self.stop_thr >= 0):
-            fail("stop_thr", "a number >= 0")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1))
+        object.__setattr__(self, "stop_thr", check_number("stop_thr", self.stop_thr, minimum=0, finite=False))
         if self.cost not in ("normalized", "diagonal"):
             fail("cost", "'normalized' or 'diagonal'")
         for name in ("delta_sub", "delta_sup"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v)):
-                fail(name, "a finite number")
+            object.__setattr__(self, name, check_number(name, getattr(self, name)))
         if self.construction not in ("T", "V"):
             fail("construction", "'T' or 'V'")
         for name in ("sub_dims", "sup_dims"):
@@ -82,13 +83,15 @@ class SelectionConfig:
                 dims = tuple(sorted(set(v)))
             except TypeError:
                 fail(name, "a subset of (0, 1)")
-            if not all(d in (0, 1) and not isinstance(d, bool) for d in dims):
+            if not all(d in (0, 1) and isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
                 fail(name, "a subset of (0, 1)")
-            object.__setattr__(self, name, dims)
+            object.__setattr__(self, name, tuple(int(d) for d in dims))
         if not self.sub_dims and not self.sup_dims:
             fail("sub_dims", "at least one candidate dimension over sub_dims and sup_dims")
         if self.ranking != "and_product":
             fail("ranking", "'and_product'")
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", check_int("max_memory", self.max_memory, minimum=1))
 
     @property
     def n_level_maps(self) -> int:

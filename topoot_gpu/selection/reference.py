@@ -21,10 +21,19 @@ from .config import SelectionConfig
 
 
 def normalise(anomaly_map: np.ndarray) -> np.ndarray:
-    """``(A - min) / (max - min)`` in float64; a constant map becomes zeros."""
+    """``(A - min) / (max - min)`` in float64; a constant map becomes zeros. Where ``max - min``
+    overflows, the map is divided by a power of two above its largest magnitude first (exactly, ``ldexp``) (the
+    released code returns NaN there; SPEC 4 asks for finite maps in, a label out)."""
     a = np.asarray(anomaly_map, dtype=np.float64)
     lo, hi = a.min(), a.max()
-    return np.zeros_like(a) if hi == lo else (a - lo) / (hi - lo)
+    if hi == lo:
+        return np.zeros_like(a)
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if not np.isfinite(span):
+        e = np.frexp(max(abs(lo), abs(hi)))[1]
+        a, lo, hi = np.ldexp(a, -e), np.ldexp(lo, -e), np.ldexp(hi, -e)
+    return (a - lo) / (hi - lo)
 
 
 def level_maps(a: np.ndarray, levels) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ This module checks the arguments once and dispatches through the backend table
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ import torch
 
 from .. import _C
 from ..core import backends
-from ..core.validation import check_choice, check_finite, check_threads, floating_tensor
+from ..core.allocator import gib, memory_budget
+from ..core.validation import check_choice, check_finite, check_int, check_number, check_threads, floating_tensor
 from .padded import best_match, diagram_costs, padded_diagram_costs, stability
 from .results import BestStability, SinkhornResult, auto_domain
 
@@ -103,15 +105,10 @@ def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor) -> float:
 
 
 def _check_solver(reg: Any, max_iter: Any, stop_thr: Any) -> tuple[float, int, float]:
-    reg = float(reg)
-    if not np.isfinite(reg) or reg <= 0:
-        raise ValueError(f"reg: expected a finite number > 0, got {reg}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
-    stop_thr = float(stop_thr)
-    if not stop_thr >= 0:
-        raise ValueError(f"stop_thr: expected a number >= 0, got {stop_thr}")
-    return reg, int(max_iter), stop_thr
+    reg = check_number("reg", reg, minimum=0, strict=True)
+    max_iter = check_int("max_iter", max_iter, minimum=1)
+    stop_thr = check_number("stop_thr", stop_thr, minimum=0, finite=False)
+    return reg, max_iter, stop_thr
 
 
 def sinkhorn(
@@ -147,7 +144,17 @@ def sinkhorn(
         num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
 
     Inputs are torch tensors or numpy arrays of one floating dtype family (the result is float64
-    if any input is, else float32) on one device; the result is on that device.
+    if any input is, else float32) on one device, any strides; the result is on that device.
+    The solver is not differentiable: inputs that require grad are read detached.
+
+    Warns:
+        RuntimeWarning: once per call, naming how many problems ended without reaching
+            ``stop_thr`` (``max_iter`` hit, or stopped on numerical errors), as POT warns.
+
+    Raises:
+        ValueError: bad shapes, dtypes, devices or options; NaN/inf or negative weights; costs
+            whose ``max |M| / reg`` overflows the dtype (the plan depends on ``M / reg`` only:
+            rescale both); a plan that is not finite although the inputs are (never returned).
     """
     backend = backends.check_backend("sinkhorn", backend)
     check_choice("domain", domain, DOMAINS)
@@ -162,10 +169,34 @@ def sinkhorn(
         domain = domain if domain in module.DOMAINS else module.DOMAINS[0]
     elif domain not in module.DOMAINS:
         raise ValueError(f"domain: backend {name!r} runs {module.DOMAINS}, got {domain!r}")
+    if not worst / reg < torch.finfo(M.dtype).max:
+        raise ValueError(
+            f"M: max |M| / reg = {worst / reg:.3g} overflows {M.dtype}; the plan depends on M / reg only, "
+            "so rescale M and reg together"
+        )
     # Every backend "auto" picks here takes the inputs' device (core.backends), so nothing moves.
-    return module.sinkhorn(
+    result = module.sinkhorn(
         a, b, M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, domain=domain, num_threads=check_threads(num_threads)
     )
+    _check_result(result, stop_thr)
+    return result
+
+
+def _check_result(result: SinkhornResult, stop_thr: float) -> None:
+    """Raise on a non-finite plan (finite inputs), warn once about problems that did not converge."""
+    if not bool(torch.isfinite(result.plan).all()):
+        raise ValueError(
+            "M: the plan is not finite although the inputs are (reg far too small for these costs "
+            f"in {result.plan.dtype}?); try a larger reg, float64, or domain='log'"
+        )
+    missed = int((~(result.err < stop_thr)).sum())
+    if missed:
+        warnings.warn(
+            f"sinkhorn: {missed} of {len(result.err)} problems did not reach stop_thr={stop_thr:g} "
+            "(max_iter reached or numerical errors); their plans are not converged",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _check_side(points: Any, sizes: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +231,7 @@ def best_stability(
     stop_thr: float = 1e-9,
     backend: str = "auto",
     num_threads: int | None = None,
+    max_memory: int | None = None,
 ) -> BestStability:
     """Every point's best stability in a batch of ragged diagram problems (SPEC 3, 4.3, 4.5).
 
@@ -223,9 +255,19 @@ def best_stability(
             Triton solver, log domain, problems up to 256 points a side), ``"reference"`` (POT,
             problem by problem).
         num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
+        max_memory: bytes the step may allocate (default: half of the memory of the device it
+            runs on, :func:`topoot_gpu.core.allocator.memory_budget`). Each backend's need is
+            estimated before anything is allocated (:data:`BYTES_PER_ENTRY` bytes per cost-matrix
+            entry, per problem solved at once): the ``"cpp"`` backend runs fewer threads (the same
+            bits), the padded backends split the batch into chunks (the same up to rounding: a
+            problem's padding sets the order of its reductions).
 
     Returns:
         A :class:`BestStability` on ``P``'s device.
+
+    Raises:
+        ValueError: bad points, sizes or options, or a single problem needing more than
+            ``max_memory`` (the message says how much it needs).
     """
     backend = backends.check_backend("best_stability", backend)
     check_choice("cost", cost, COSTS)
@@ -240,8 +282,61 @@ def best_stability(
     name, device = backends.resolve("best_stability", backend, P.device)
     _check_side_values(P, p_sizes, "P")
     _check_side_values(Q, q_sizes, "Q")
-    result = backends.load("best_stability", name).best_stability(
-        P.to(device), p_sizes.to(device), Q.to(device), q_sizes.to(device), cost=cost, reg=reg, max_iter=max_iter,
-        stop_thr=stop_thr, num_threads=check_threads(num_threads),
-    )  # fmt: skip
-    return BestStability(*(x.to(P.device) for x in vars(result).values()))
+    threads = check_threads(num_threads)
+    budget = memory_budget(max_memory, torch.device(device))
+    n, m = p_sizes.cpu().numpy(), q_sizes.cpu().numpy()  # the sizes on the host: one read to plan memory
+    extra = int(cost == "diagonal")
+    threads, chunks = _memory_plan(n + extra, m + extra, name, budget, threads)
+    solve = backends.load("best_stability", name).best_stability
+    p_off, q_off = np.concatenate([[0], np.cumsum(n)]), np.concatenate([[0], np.cumsum(m)])
+    parts = []
+    for lo, hi in chunks:
+        Pc, Qc = P[p_off[lo] : p_off[hi]], Q[q_off[lo] : q_off[hi]]
+        parts.append(
+            solve(
+                Pc.to(device), p_sizes[lo:hi].to(device), Qc.to(device), q_sizes[lo:hi].to(device), cost=cost,
+                reg=reg, max_iter=max_iter, stop_thr=stop_thr, num_threads=threads,
+            )  # fmt: skip
+        )
+    fields = [[getattr(r, f).to(P.device) for r in parts] for f in BestStability.__dataclass_fields__]
+    if len(parts) == 1:
+        return BestStability(*(f[0] for f in fields))
+    return BestStability(*(torch.cat(f) for f in fields))
+
+
+#: Bytes per cost-matrix entry of one problem that each backend holds while solving it: ``"cpp"``
+#: costs, kernel, scaled kernel and plan (float64) per thread; the padded backends (costs,
+#: plan, stabilities, the solver's temporaries, float64) per entry of the padded batch.
+BYTES_PER_ENTRY = {"cpp": 32, "torch": 64, "triton": 32, "reference": 48}
+#: Backends that pad a batch to its largest problem (the others solve problem by problem).
+PADDED = ("torch", "triton")
+
+
+def _memory_plan(
+    n: np.ndarray, m: np.ndarray, backend: str, budget: int, threads: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """Threads and chunks of problems ``[lo, hi)`` whose estimated memory fits ``budget``."""
+    B = len(n)
+    if B == 0:
+        return threads, [(0, 0)]
+    per = BYTES_PER_ENTRY[backend]
+    entries = n.astype(np.int64) * m.astype(np.int64)
+    worst = int(np.argmax(entries))
+    if entries[worst] * per > budget:
+        raise ValueError(
+            f"max_memory: a transport problem of {int(n[worst])} x {int(m[worst])} points needs about "
+            f"{gib(entries[worst] * per)} with backend {backend!r}, above the budget of {gib(budget)}; raise "
+            "max_memory (SelectionConfig.max_memory for the selection) if the machine has it, or reduce the "
+            "candidates (a smoother or smaller map, fewer levels)"
+        )
+    if backend not in PADDED:
+        return max(1, min(threads, budget // max(1, int(entries[worst]) * per))), [(0, B)]
+    chunks, lo, n_max, m_max = [], 0, 0, 0
+    for k in range(B):
+        n_new, m_new = max(n_max, int(n[k])), max(m_max, int(m[k]))
+        if k > lo and (k - lo + 1) * n_new * m_new * per > budget:
+            chunks.append((lo, k))
+            lo, n_new, m_new = k, int(n[k]), int(m[k])
+        n_max, m_max = n_new, m_new
+    chunks.append((lo, B))
+    return threads, chunks

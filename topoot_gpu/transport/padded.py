@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.validation import check_choice
+from ..core.validation import check_choice, check_int
 from .results import BestStability, SinkhornResult, auto_domain
 
 
@@ -31,6 +31,12 @@ def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Te
         ``(M, a, b)`` padded to ``[B, n_max(+1), m_max(+1)]`` (float64; padding weight 0, padding
         cost 0), ready for :func:`sinkhorn`. With ``"diagonal"``, the diagonal is the last row
         and column, after the padding.
+
+    Raises:
+        ValueError: ``P`` or ``Q`` not a sequence of finite ``[n, 2]`` real diagrams, different
+            lengths, or (``"diagonal"``) costs beyond float64 (points far beyond ``1e154``:
+            rescale them). ``"normalized"`` costs are scale-free and computed without overflow
+            for any finite points.
     """
     check_choice("kind", kind, ("normalized", "diagonal"))
     Ps, Qs = _diagram_list(P, "P"), _diagram_list(Q, "Q")
@@ -45,7 +51,10 @@ def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Te
     for k in range(B):
         Pp[k, : n[k]] = Ps[k]
         Qp[k, : m[k]] = Qs[k]
-    return padded_diagram_costs(Pp, n, Qp, m, kind=kind)
+    M, a, b = padded_diagram_costs(Pp, n, Qp, m, kind=kind)
+    if kind == "diagonal" and not bool(torch.isfinite(M).all()):
+        raise ValueError("P, Q: squared distances overflow float64 (points beyond ~1e154); rescale the diagrams")
+    return M, a, b
 
 
 def padded_diagram_costs(
@@ -58,6 +67,14 @@ def padded_diagram_costs(
     row = torch.arange(N, device=device)[None, :] < n[:, None]
     col = torch.arange(Mx, device=device)[None, :] < m[:, None]
     real = row[:, :, None] & col[:, None, :]
+    if kind == "normalized":
+        # Scale-free: a problem with coordinates beyond 2**500 is divided by a power of two above
+        # them first (exact; no host synchronisation), so squares cannot overflow. Others are
+        # multiplied by 1: the released formula's bits.
+        zero = torch.zeros(B, 1, dtype=Pp.dtype, device=device)
+        big = torch.cat([Pp.abs().flatten(1), Qp.abs().flatten(1), zero], 1).amax(1)
+        e = torch.where(big > 2.0**500, torch.frexp(big).exponent, 0)[:, None, None]
+        Pp, Qp = torch.ldexp(Pp, -e), torch.ldexp(Qp, -e)
     sq = ((Pp[:, :, None, :] - Qp[:, None, :, :]) ** 2).sum(-1)
     if kind == "normalized":
         D = torch.where(real, sq.sqrt(), 0.0)
@@ -79,9 +96,18 @@ def padded_diagram_costs(
 def _diagram_list(X: Any, name: str) -> list[torch.Tensor]:
     if isinstance(X, (np.ndarray, torch.Tensor)) and getattr(X, "ndim", 0) != 1:
         raise ValueError(f"{name}: expected a sequence of [n, 2] diagrams, got an array of shape {tuple(X.shape)}")
+    if isinstance(X, (str, bytes)) or not hasattr(X, "__iter__"):
+        raise ValueError(f"{name}: expected a sequence of [n, 2] diagrams, got {type(X).__name__}")
     out = []
     for k, x in enumerate(X):
-        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu().double()
+        if isinstance(x, torch.Tensor):
+            if x.is_complex() or x.dtype == torch.bool:
+                raise ValueError(f"{name}[{k}]: expected real points, got dtype {x.dtype}")
+            x = x.detach().cpu().to(torch.float64).numpy()
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu":  # bool, complex, strings, objects
+            raise ValueError(f"{name}[{k}]: expected real points, got dtype {x.dtype}")
+        t = torch.from_numpy(x.astype(np.float64))  # a copy: any strides in
         if t.numel() == 0:
             t = t.reshape(0, 2)
         if t.dim() != 2 or t.shape[1] != 2:
@@ -102,9 +128,26 @@ def best_match(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For every row (``dim=2``) or column (``dim=1``) of ``[B, n, m]`` stabilities: the maximum of
     ``S``, the cost ``M`` at that entry and its index (the first one on ties). Entries outside
-    ``mask`` (e.g. padding) are never chosen; a line with none gets ``(0, +inf, -1)``."""
-    if dim not in (1, 2):
-        raise ValueError(f"dim: expected 1 (best row per column) or 2 (best column per row), got {dim}")
+    ``mask`` (e.g. padding) are never chosen; a line with none (or of length 0) gets ``(0, +inf, -1)``.
+    ``S``, ``M`` (and ``mask``, bool) are tensors of one shape ``[B, n, m]`` on one device."""
+    dim = check_int("dim", dim, minimum=1, maximum=2)
+    for name, x in (("S", S), ("M", M)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected a floating [B, n, m] tensor, got {got}")
+    if M.shape != S.shape or M.device != S.device:
+        raise ValueError(f"M: expected S's shape {tuple(S.shape)} on {S.device}, got {tuple(M.shape)} on {M.device}")
+    if mask is not None and (
+        not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != S.shape
+    ):
+        raise ValueError(f"mask: expected a bool tensor of shape {tuple(S.shape)}")
+    if S.shape[dim] == 0:
+        shape = tuple(S.shape[:dim]) + tuple(S.shape[dim + 1 :])
+        return (
+            torch.zeros(shape, dtype=S.dtype, device=S.device),
+            torch.full(shape, float("inf"), dtype=M.dtype, device=S.device),
+            torch.full(shape, -1, dtype=torch.int64, device=S.device),
+        )
     if mask is not None:
         S = torch.where(mask, S, torch.tensor(float("-inf"), dtype=S.dtype, device=S.device))
     idx = S.argmax(dim=dim, keepdim=True)
