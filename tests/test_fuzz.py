@@ -28,6 +28,7 @@ from topoot_gpu import (
     pseudo_labels,
     refine,
     sinkhorn,
+    stability,
     train_heads,
 )
 
@@ -177,6 +178,50 @@ def test_fuzz_best_match(S, dim):
     r = _call(best_match, S, M, dim=dim)
     if r is not None and _all_finite(S):
         assert not torch.isnan(r[0]).any()
+
+
+@FUZZ
+@given(plan=arrays(max_dims=3), M=arrays(max_dims=3))
+def test_fuzz_stability(plan, M):
+    S = _call(stability, plan, M)
+    if S is not None and _all_finite(plan, M):
+        assert not torch.isnan(S).any()
+
+
+@FUZZ
+@given(
+    maps=arrays(min_dims=2, max_dims=3, max_side=6),
+    image=st.sampled_from([0, 1, -1, 99, True, 1.5, "0", np.int64(0)]),
+    dim=st.sampled_from([0, 1, 2, None, "1", np.int32(1)]),
+    tau=st.sampled_from([0.5, np.float32(0.1), np.nan, np.inf, "x", None, True]),
+)
+def test_fuzz_diagram_methods(maps, image, dim, tau):
+    d = _call(cubical_persistence, maps)
+    if d is None:
+        return
+    _call(d.select, image=image, dim=dim)
+    if dim is not None:
+        rows = _call(d.intervals, image, dim)
+        if rows is not None:
+            assert rows.shape[1] == 2
+    cut = _call(d.at_threshold, tau)
+    if cut is not None:
+        assert len(cut) <= len(d)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(maps=arrays(min_dims=2, max_dims=3, max_side=8), features=st.one_of(st.none(), arrays(max_dims=4, max_side=4)))
+def test_fuzz_refine_op(maps, features):
+    # The op takes tensors only: anything else is refused by the op's schema (a TypeError or
+    # RuntimeError raised by torch before our code runs) or by refine's checks (a ValueError).
+    if not isinstance(maps, torch.Tensor) or not (features is None or isinstance(features, torch.Tensor)):
+        with pytest.raises((TypeError, RuntimeError, ValueError)) as info:
+            torch.ops.topoot.refine(maps, features, 0)
+        assert info.type is not ValueError or NAME.match(str(info.value))
+        return
+    out = _call(torch.ops.topoot.refine, maps, features, 0)
+    if out is not None:
+        assert out[0].shape == maps.shape and out[0].dtype == torch.bool
 
 
 @FUZZ

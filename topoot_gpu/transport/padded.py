@@ -119,8 +119,27 @@ def _diagram_list(X: Any, name: str) -> list[torch.Tensor]:
 
 
 def stability(plan: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """``S = plan / (1 + sqrt(max(M, 0)))``: transported mass, discounted by its cost."""
+    """``S = plan / (1 + sqrt(max(M, 0)))``: transported mass, discounted by its cost. ``plan`` and
+    ``M``: floating tensors of one shape on one device."""
+    _check_same_tensors(("plan", plan), ("M", M))
     return plan / (1.0 + torch.sqrt(torch.clamp(M, min=0)))
+
+
+def _check_same_tensors(first: tuple[str, Any], *others: tuple[str, Any], rank: int | None = None) -> None:
+    """Floating tensors (of ``rank`` dimensions where given), the others of the first one's shape
+    and device: else a ``ValueError`` naming the argument."""
+    want = "a floating tensor" if rank is None else f"a floating [{', '.join('Bnm'[:rank])}] tensor"
+    for name, x in (first, *others):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or (rank is not None and x.dim() != rank):
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected {want}, got {got}")
+    ref = first[1]
+    for name, x in others:
+        if x.shape != ref.shape or x.device != ref.device:
+            raise ValueError(
+                f"{name}: expected {first[0]}'s shape {tuple(ref.shape)} on {ref.device}, "
+                f"got {tuple(x.shape)} on {x.device}"
+            )
 
 
 def best_match(
@@ -131,12 +150,7 @@ def best_match(
     ``mask`` (e.g. padding) are never chosen; a line with none (or of length 0) gets ``(0, +inf, -1)``.
     ``S``, ``M`` (and ``mask``, bool) are tensors of one shape ``[B, n, m]`` on one device."""
     dim = check_int("dim", dim, minimum=1, maximum=2)
-    for name, x in (("S", S), ("M", M)):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
-            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name}: expected a floating [B, n, m] tensor, got {got}")
-    if M.shape != S.shape or M.device != S.device:
-        raise ValueError(f"M: expected S's shape {tuple(S.shape)} on {S.device}, got {tuple(M.shape)} on {M.device}")
+    _check_same_tensors(("S", S), ("M", M), rank=3)
     if mask is not None and (
         not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != S.shape
     ):
