@@ -73,3 +73,18 @@ def test_basin_stats_runs(tmp_path):
         assert r["basin_graph_edges_per_map"] <= r["crossing_pairs_per_map"]
         assert r["crossing_pairs_per_pixel"] == pytest.approx(r["crossing_pairs_per_map"] / 144)
     assert result["noise_h0_peak_bytes_per_pixel"] >= 0
+
+
+def test_topo_loss_benchmark_runs(tmp_path):
+    """``benchmarks/bench_topo_loss.py`` end to end on tiny maps (torch-topological measured where
+    installed)."""
+    pytest.importorskip("gudhi")
+    out = tmp_path / "topo.json"
+    args = ["--sizes", "16", "--batches", "2", "--repeats", "1", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_topo_loss.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["loss"], r["size"], r["batch"]) for r in rows] == [("total_persistence", 16, 2), ("betti", 16, 2)]
+    assert all(r["ours_1thread_ms"] > 0 and r["gudhi_cofaces_ratio"] > 0 for r in rows)

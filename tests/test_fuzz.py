@@ -25,6 +25,7 @@ from topoot_gpu import (
     cubical_persistence,
     diagram_costs,
     map_features,
+    persistence_diagrams,
     pseudo_labels,
     refine,
     sinkhorn,
@@ -178,6 +179,24 @@ def test_fuzz_best_match(S, dim):
     r = _call(best_match, S, M, dim=dim)
     if r is not None and _all_finite(S):
         assert not torch.isnan(r[0]).any()
+
+
+@FUZZ
+@given(
+    x=arrays(max_dims=5, max_side=6),
+    dims=st.sampled_from([(0, 1), (0,), (1,), (), (2,), "0"]),
+    min_persistence=st.sampled_from([0.0, 0.5, -1, np.float32(0.1), np.nan, "0", None]),
+)
+def test_fuzz_persistence_diagrams(x, dims, min_persistence):
+    from topoot_gpu import total_persistence
+
+    d = _call(persistence_diagrams, x, dims=dims, min_persistence=min_persistence)
+    if d is not None:
+        loss = total_persistence(d, reduction="sum")
+        assert torch.isfinite(loss)
+        if x.requires_grad:
+            loss.backward()
+            assert torch.isfinite(x.grad).all()
 
 
 @FUZZ

@@ -1,6 +1,7 @@
 """The package's layout, read from its source: imports run one way (refinement -> {selection, head} ->
-{persistence, transport} -> core), there is no import cycle, and no ``reference`` module imports a
-fast path (only core, types and configs, and lower stages' references)."""
+{persistence, transport} -> core, and topology -> {persistence, transport} -> core), there is no
+import cycle, and no ``reference`` module imports a fast path (only core, types and configs, and
+lower stages' references)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import topoot_gpu
 
 PACKAGE = Path(topoot_gpu.__file__).resolve().parent
-STAGES = ("core", "persistence", "transport", "selection", "head", "refinement")
+STAGES = ("core", "persistence", "transport", "selection", "head", "refinement", "topology")
 #: What each stage's modules may import: its own modules, the stages below it, the compiled core.
 ALLOWED = {
     "core": {"core"},
@@ -21,6 +22,7 @@ ALLOWED = {
     "selection": {"selection", "persistence", "transport", "core"},
     "head": {"head", "core", "_C"},
     "refinement": {"refinement", "selection", "head", "core"},
+    "topology": {"topology", "persistence", "transport", "core"},
 }
 
 

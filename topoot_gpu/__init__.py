@@ -19,12 +19,21 @@ from .refinement.config import RefineConfig, RefineResult
 from .selection.api import pseudo_labels
 from .selection.candidates import Candidate, Selection
 from .selection.config import SelectionConfig
+from .topology.api import (
+    DiagramBatch,
+    betti_loss,
+    diagram_distance,
+    partial_persistence,
+    persistence_diagrams,
+    total_persistence,
+)
 from .transport.api import best_match, best_stability, diagram_costs, sinkhorn, stability
 from .transport.results import BestStability, SinkhornResult
 
 __all__ = [
     "BestStability",
     "Candidate",
+    "DiagramBatch",
     "Diagrams",
     "HeadConfig",
     "RefineConfig",
@@ -34,14 +43,19 @@ __all__ = [
     "SinkhornResult",
     "best_match",
     "best_stability",
+    "betti_loss",
     "cubical_persistence",
     "diagram_costs",
+    "diagram_distance",
     "keep_freed_memory",
     "map_features",
+    "partial_persistence",
+    "persistence_diagrams",
     "pseudo_labels",
     "refine",
     "sinkhorn",
     "stability",
+    "total_persistence",
     "train_heads",
 ]
 __version__ = "0.2.0"

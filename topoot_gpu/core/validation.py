@@ -6,6 +6,7 @@ it take the :class:`MapBatch` it returns and do not check again.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +70,9 @@ def check_number(
     if not _is_real(value):
         raise ValueError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")
     x = float(value)
-    if finite and not np.isfinite(x):
+    if finite and not math.isfinite(x):  # math, not numpy: torch.compile traces through it
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if np.isnan(x):
+    if math.isnan(x):
         raise ValueError(f"{name}: expected a number, got {value!r}")
     if minimum is not None and (x <= minimum if strict else x < minimum):
         raise ValueError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value!r}")

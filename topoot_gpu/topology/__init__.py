@@ -1,0 +1,1 @@
+"""Differentiable persistence diagrams and topological losses (:mod:`.api`)."""
