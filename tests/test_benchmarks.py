@@ -88,3 +88,16 @@ def test_topo_loss_benchmark_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["loss"], r["size"], r["batch"]) for r in rows] == [("total_persistence", 16, 2), ("betti", 16, 2)]
     assert all(r["ours_1thread_ms"] > 0 and r["gudhi_cofaces_ratio"] > 0 for r in rows)
+
+
+def test_files_benchmark_runs(tmp_path):
+    """``benchmarks/bench_files.py`` end to end on a tiny folder."""
+    out = tmp_path / "files.json"
+    args = ["--maps", "3", "--size", "12", "--batch-size", "2", "--workers", "0", "1", "--repeats", "1"]
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_files.py"), *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == ["-", 0, 1] and all(r["maps_per_s"] > 0 for r in rows)

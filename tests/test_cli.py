@@ -57,7 +57,7 @@ def test_refine_writes_masks_and_reports_unreadable_files(tmp_path, rng):
     )  # fmt: skip
     assert out.returncode == 1  # one file could not be read; the others were processed
     assert "broken.npy" in out.stderr and "4 masks written" in out.stdout
-    assert "4/4 maps" in out.stderr  # progress bar (two batches of shape 30x26 and more)
+    assert "4/4 files" in out.stderr and "maps/s" in out.stderr  # the progress bar
     names = ["two_0", "two_1", "more_ring", "img"]
     for k, name in enumerate(names):
         mask = np.load(tmp_path / "masks" / f"{name}_mask.npy")

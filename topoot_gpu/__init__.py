@@ -16,6 +16,7 @@ from .persistence.diagrams import Diagrams
 from .refinement import op as _op  # noqa: F401  (registers torch.ops.topoot.refine)
 from .refinement.api import refine
 from .refinement.config import RefineConfig, RefineResult
+from .refinement.files import FilesSummary, refine_files
 from .selection.api import pseudo_labels
 from .selection.candidates import Candidate, Selection
 from .selection.config import SelectionConfig
@@ -34,6 +35,7 @@ __all__ = [
     "BestStability",
     "Candidate",
     "DiagramBatch",
+    "FilesSummary",
     "Diagrams",
     "HeadConfig",
     "RefineConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "persistence_diagrams",
     "pseudo_labels",
     "refine",
+    "refine_files",
     "sinkhorn",
     "stability",
     "total_persistence",

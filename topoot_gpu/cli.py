@@ -3,8 +3,9 @@
 * ``topoot demo``: the whole refinement on the bundled sample data (four generated 224x224 maps
   with backbone-like features, no download, no GPU): a per-image table, PNG overlays and a JSON
   summary in an output folder.
-* ``topoot refine MAPS... --out DIR``: refine ``.npy`` / ``.npz`` / ``.png`` maps, write each
-  mask as PNG and ``.npy``.
+* ``topoot refine INPUTS... --out DIR``: refine ``.npy`` / ``.npz`` / ``.png`` maps (files,
+  folders, globs), write each mask as PNG and ``.npy`` and a manifest, resumably
+  (:func:`topoot_gpu.refine_files`); ``--distributed`` under torchrun.
 * ``topoot bench``: run the benchmarks of a source checkout and print their tables.
 """
 
@@ -23,6 +24,7 @@ import torch
 from . import keep_freed_memory, refine
 from .core.maps import normalise_maps
 from .core.validation import check_seed
+from .refinement import files
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "data" / "sample_maps.npz"
 
@@ -102,170 +104,47 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_maps(path: Path) -> list[tuple[str, np.ndarray]]:
-    """Every map in a file, named after it: ``.npy`` ``[H, W]`` or ``[B, H, W]``, ``.npz`` (each
-    array), ``.png`` (grey levels; colour images are converted to luminance)."""
-    suffix = path.suffix.lower()
-    if suffix == ".png":
-        from PIL import Image
-
-        with Image.open(path) as img:
-            if img.mode not in ("L", "I", "I;16", "F"):
-                img = img.convert("L")
-            return [(path.stem, np.asarray(img, dtype=np.float64))]
-    if suffix == ".npy":
-        arrays = {path.stem: np.load(path, allow_pickle=False)}
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {f"{path.stem}_{k}": z[k] for k in z.files}
-    else:
-        raise ValueError("expected a .npy, .npz or .png file")
-    out = []
-    for name, a in arrays.items():
-        if a.ndim == 2:
-            out.append((name, a))
-        elif a.ndim == 3:
-            out += [(f"{name}_{k}", m) for k, m in enumerate(a)]
-        else:
-            raise ValueError(f"{name}: expected [H, W] or [B, H, W], got shape {a.shape}")
-    for name, a in out:
-        if a.dtype.kind not in "fiu":
-            raise ValueError(f"{name}: expected numbers, got dtype {a.dtype}")
-    return [(n, a.astype(np.float64)) for n, a in out]
-
-
-def _progress(done: int, total: int) -> None:
+def _progress(maps: int, files_read: int, files_total: int, seconds: float) -> None:
     width = 30
-    fill = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} maps")
-    if done == total:
+    fill = width * files_read // max(files_total, 1)
+    rate = maps / seconds if seconds > 0 else 0.0
+    eta = (files_total - files_read) * seconds / files_read if files_read else 0.0
+    sys.stderr.write(
+        f"\r[{'#' * fill}{'.' * (width - fill)}] {files_read}/{files_total} files, {maps} maps, "
+        f"{rate:.1f} maps/s, ETA {eta:.0f} s"
+    )
+    if files_read == files_total:
         sys.stderr.write("\n")
     sys.stderr.flush()
 
 
-def _read_inputs(paths: list[str]) -> tuple[list[tuple[str, np.ndarray]], int]:
-    """Every map of the input files under a distinct output name, and how many inputs failed. A
-    file listed twice is read once; a map whose name another input took first gets ``_2``, ``_3``,
-    ... (a note on stderr says so); unreadable files are reported by name."""
-    maps: list[tuple[str, np.ndarray]] = []
-    failed = 0
-    seen_files: set[Path] = set()
-    taken: set[str] = set()
-    for p in paths:
-        path = Path(p)
-        key = path.resolve()
-        if key in seen_files:
+def refine_command(args: argparse.Namespace) -> int:
+    """``topoot refine``: a thin wrapper on :func:`topoot_gpu.refinement.files.refine_files`."""
+    seen: set[Path] = set()
+    for p in args.maps:
+        key = Path(p).resolve()
+        if key in seen:
             print(f"note: {p} is listed more than once: refined once", file=sys.stderr)
-            continue
-        seen_files.add(key)
-        try:
-            loaded = _load_maps(path)
-        except Exception as e:  # unreadable file: report, carry on with the others
-            print(f"error: {p}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        for name, a in loaded:
-            unique, k = name, 2
-            while unique in taken:
-                unique, k = f"{name}_{k}", k + 1
-            if unique != name:
-                note = f"note: {p}: the name {name!r} is taken by an earlier input; written as {unique!r}"
-                print(note, file=sys.stderr)
-            taken.add(unique)
-            maps.append((unique, a))
-    return maps, failed
-
-
-def refine_files(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+        seen.add(key)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"error: --out {args.out}: cannot create the folder ({e.strerror or e})", file=sys.stderr)
+        summary = files.refine_files(
+            args.maps, args.out, features=args.features, batch_size=args.batch_size, device=args.device,
+            seed=args.seed, overwrite=args.overwrite, num_workers=args.workers, distributed=args.distributed,
+            progress=None if args.quiet else _progress,
+        )  # fmt: skip
+    except ValueError as e:
+        name, _, message = str(e).partition(": ")
+        option = {"out_dir": "out", "device": "device", "features": "features"}.get(name)
+        where = f"--{option} {getattr(args, option)}" if option else name
+        print(f"error: {where}: {message}", file=sys.stderr)
         return 2
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except Exception as e:  # an unknown device, or CUDA asked of a CPU-only torch (AssertionError)
-        print(f"error: --device {args.device}: {e}", file=sys.stderr)
-        return 2
-    maps, failed = _read_inputs(args.maps)
-    features = None
-    if args.features is not None:
-        try:
-            loaded = _load_features(Path(args.features))
-        except Exception as e:
-            print(f"error: --features {args.features}: {e}", file=sys.stderr)
-            return 2
-        if len(loaded) != len(maps):
-            print(f"error: --features holds {len(loaded)} images, the maps read are {len(maps)}", file=sys.stderr)
-            return 2
-        features = loaded
-    # Consecutive maps of one shape go together, at most --batch-size at a time.
-    batches: list[list[int]] = []
-    for i, (_, a) in enumerate(maps):
-        if batches and len(batches[-1]) < args.batch_size and maps[batches[-1][0]][1].shape == a.shape:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    show = len(batches) > 1 and not args.quiet
-    done = written = 0
-    for idx in batches:
-        for group, masks in _refine_batch(maps, features, idx, device, args.seed):
-            for i, m in zip(group, masks):
-                name = maps[i][0]
-                if m is None:
-                    failed += 1
-                    continue
-                try:
-                    np.save(out / f"{name}_mask.npy", m)
-                    _save_mask_png(out / f"{name}_mask.png", m)
-                    written += 1
-                except OSError as e:
-                    print(f"\nerror: {name}: cannot write its mask ({e})", file=sys.stderr)
-                    failed += 1
-        done += len(idx)
-        if show:
-            _progress(done, len(maps))
-    print(f"{written} masks written to {out}/" + (f"; {failed} failed" if failed else ""))
-    return 1 if failed else 0
-
-
-def _refine_batch(maps, features, idx: list[int], device: torch.device, seed: int):
-    """``(indices, masks)`` of one batch; when the batch is refused (a ``ValueError``), each map alone,
-    so that one bad map costs only itself (``None`` for a map refused alone, with a message)."""
-    groups = [idx]
-    while groups:
-        group = groups.pop(0)
-        x = torch.from_numpy(np.stack([maps[i][1] for i in group])).to(device)
-        f = None if features is None else torch.from_numpy(np.stack([features[i] for i in group])).float().to(device)
-        try:
-            yield group, list(refine(x, f, seed=seed).mask.cpu().numpy())
-        except ValueError as e:
-            if len(group) > 1:
-                groups = [[i] for i in group] + groups
-            else:
-                print(f"\nerror: {maps[group[0]][0]}: {e}", file=sys.stderr)
-                yield group, [None]
-
-
-def _load_features(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if len(z.files) != 1:
-                raise ValueError(f"expected one array in the .npz, found {len(z.files)}")
-            f = z[z.files[0]]
-    else:
-        f = np.load(path, allow_pickle=False)
-    if f.ndim != 4:
-        raise ValueError(f"expected [N, C, h, w] features, got shape {f.shape}")
-    return f
-
-
-def _save_mask_png(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    for failure in summary.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    note = (f"; {summary.skipped} skipped (outputs there)" if summary.skipped else "") + (
+        f"; {summary.failed} failed" if summary.failed else ""
+    )
+    print(f"{summary.done} masks written to {args.out}/{note}; manifest {summary.manifest}")
+    return 1 if summary.failed else 0
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -310,15 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="topoot_demo", help="output folder (default ./topoot_demo)")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=demo)
-    p = sub.add_parser("refine", help="refine maps from .npy/.npz/.png files")
-    p.add_argument("maps", nargs="+", help=".npy ([H, W] or [B, H, W]), .npz (every array) or .png files")
-    p.add_argument("--features", default=None, help=".npy/.npz [N, C, h, w]: one per map read, in order")
-    p.add_argument("--out", required=True, help="output folder: NAME_mask.png and NAME_mask.npy")
+    p = sub.add_parser("refine", help="refine maps from .npy/.npz/.png files, folders or globs (resumable)")
+    p.add_argument(
+        "maps", nargs="+", help=".npy ([H, W] or [B, H, W]), .npz (every array), .png files, folders, globs, "
+        "or .txt files listing paths"
+    )  # fmt: skip
+    p.add_argument("--features", default=None, help=".npy/.npz [N, C, h, w]: one per map of the inputs, in order")
+    p.add_argument("--out", required=True, help="output folder: NAME_mask.png, NAME_mask.npy, manifest.jsonl")
     p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu; cuda with --distributed: LOCAL_RANK)")
     p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--workers", type=int, default=0, help="background reader processes (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="refine maps whose outputs exist (default: resume)")
+    p.add_argument("--distributed", action="store_true", help="under torchrun: this rank's share of the inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=refine_files)
+    p.set_defaults(func=refine_command)
     p = sub.add_parser("bench", help="run the benchmarks (from a source checkout) and print their tables")
     p.add_argument("names", nargs="*", help="benchmarks to run (e.g. refine selection); default all")
     p.add_argument("--dir", default="benchmarks", help="the benchmarks folder (default ./benchmarks)")

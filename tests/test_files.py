@@ -1,0 +1,177 @@
+"""refine_files (issue 17): folders of maps into mask files, streamed, resumable, sharded. The same
+masks as refine whatever the batch size, reader workers or shard; nothing missing or duplicated; a
+second run writes nothing; a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from topoot_gpu import refine, refine_files
+from topoot_gpu.testing import blob_maps, ring_maps
+
+N_MAPS = 23  # no batch size or rank count used here divides it
+
+
+@pytest.fixture
+def archive(tmp_path, rng):
+    """A folder of 23 maps: 19 single .npy maps (two shapes), one [2, H, W] .npy, one .npz with two
+    arrays, plus a corrupt file; and the masks refine gives them (seed 5)."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    big = np.concatenate([blob_maps(rng, 12, 20, 18), ring_maps(rng, 11, 20, 18)])
+    small = blob_maps(rng, 4, 14, 15)
+    names, maps = [], []
+    for k in range(15):
+        np.save(folder / f"m{k:02d}.npy", big[k])
+        names.append(f"m{k:02d}")
+        maps.append(big[k])
+    for k in range(4):
+        np.save(folder / f"s{k}.npy", small[k])
+        names.append(f"s{k}")
+        maps.append(small[k])
+    np.save(folder / "pair.npy", big[15:17])
+    names += ["pair_0", "pair_1"]
+    maps += [big[15], big[16]]
+    np.savez(folder / "z.npz", a=big[17], b=big[18])
+    names += ["z_a", "z_b"]
+    maps += [big[17], big[18]]
+    (folder / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    assert len(names) == N_MAPS
+    expected = {}
+    for shape in {m.shape for m in maps}:
+        idx = [i for i, m in enumerate(maps) if m.shape == shape]
+        masks = refine(np.stack([maps[i] for i in idx]), seed=5).mask
+        expected |= {names[i]: masks[j] for j, i in enumerate(idx)}
+    return folder, expected
+
+
+def _written(out: Path) -> dict[str, np.ndarray]:
+    masks = {p.name[: -len("_mask.npy")]: np.load(p) for p in out.glob("*_mask.npy")}
+    pngs = {p.name[: -len("_mask.png")] for p in out.glob("*_mask.png")}
+    assert set(masks) == pngs
+    return masks
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("batch_size,workers", [(1, 0), (7, 3), (16, 1)])
+def test_the_same_masks_as_refine_whatever_the_batching_and_readers(archive, tmp_path, batch_size, workers):
+    folder, expected = archive
+    out = tmp_path / f"out_{batch_size}_{workers}"
+    summary = refine_files(folder, out, batch_size=batch_size, num_workers=workers, seed=5)
+    assert (summary.done, summary.skipped, summary.failed) == (N_MAPS, 0, 1)
+    written = _written(out)
+    assert set(written) == set(expected)
+    for name, mask in expected.items():
+        assert np.array_equal(written[name], mask), name
+    entries = _manifest(out)
+    assert len(entries) == N_MAPS + 1
+    assert sorted(e["name"] for e in entries if e["status"] == "done") == sorted(expected)
+    (bad,) = [e for e in entries if e["status"] == "failed"]
+    assert bad["input"].endswith("corrupt.npy") and bad["error"]
+    done = next(e for e in entries if e["status"] == "done")
+    assert done["mask_pixels"] == int(written[done["name"]].sum()) and done["seconds"] >= 0
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_second_run_writes_nothing_and_overwrite_rewrites(archive, tmp_path):
+    folder, expected = archive
+    out = tmp_path / "out"
+    refine_files(folder, out, seed=5)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*_mask.*")}
+    again = refine_files(folder, out, seed=5)
+    assert (again.done, again.skipped, again.failed) == (0, N_MAPS, 1)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*_mask.*")} == stamps
+    forced = refine_files([folder / "m00.npy", folder / "s1.npy"], out, seed=5, overwrite=True)
+    assert (forced.done, forced.skipped) == (2, 0)
+
+
+KILLED = """
+import sys
+from topoot_gpu import refine_files
+refine_files(sys.argv[1], sys.argv[2], seed=5, batch_size=1)
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_result(archive, tmp_path):
+    folder, expected = archive
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", KILLED, str(folder), str(out)], cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*_mask.png"))) < 5:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    partial = len(list(out.glob("*_mask.npy")))
+    assert 0 < partial < N_MAPS, "the run was not killed mid-way"
+    summary = refine_files(folder, out, seed=5)
+    assert summary.skipped >= partial - 1 and summary.done + summary.skipped == N_MAPS
+    written = _written(out)
+    assert set(written) == set(expected)
+    assert all(np.array_equal(written[k], v) for k, v in expected.items())
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_torchrun_two_ranks_share_the_files_and_merge_the_manifest(archive, tmp_path):
+    folder, expected = archive
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "topoot_gpu", "refine", str(folder), "--out", str(out), "--seed", "5", "--distributed", "--quiet",
+         "--batch-size", "3"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: the corrupt file failed, as it should
+    written = _written(out)
+    assert set(written) == set(expected)
+    assert all(np.array_equal(written[k], v) for k, v in expected.items())
+    entries = _manifest(out)
+    assert len(entries) == N_MAPS + 1 and len({e["input"] + str(e["name"]) for e in entries}) == N_MAPS + 1
+    assert not list(out.glob("manifest.rank*"))
+
+
+def test_inputs_globs_lists_and_errors(archive, tmp_path):
+    folder, expected = archive
+    listing = folder / "some.txt"
+    listing.write_text("m00.npy\nm01.npy\n\nm00.npy\n")
+    out = tmp_path / "out"
+    s = refine_files([str(folder / "s*.npy"), listing], out, seed=5)
+    assert s.done == 6 and set(_written(out)) == {"s0", "s1", "s2", "s3", "m00", "m01"}
+    for kwargs, name in (
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"seed": "1"}, "seed"),
+        ({"device": "nonsense"}, "device"),
+        ({"features": folder / "missing.npy"}, "features"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name}:"):
+            refine_files(folder, out, **kwargs)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="^out_dir:"):
+        refine_files(folder, tmp_path / "file" / "sub")
+
+
+def test_features_one_per_map_in_order(tmp_path, rng):
+    maps = blob_maps(rng, 3, 16, 16)
+    np.save(tmp_path / "a.npy", maps[:2])
+    np.save(tmp_path / "b.npy", maps[2])
+    features = rng.normal(size=(3, 4, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    s = refine_files([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "out", features=tmp_path / "f.npy", seed=2)
+    assert s.done == 3
+    want = refine(maps, torch.from_numpy(features), seed=2).mask
+    for k, name in enumerate(["a_0", "a_1", "b"]):
+        assert np.array_equal(np.load(tmp_path / "out" / f"{name}_mask.npy"), want[k])
