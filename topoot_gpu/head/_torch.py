@@ -42,24 +42,28 @@ def ot_consistency(e: torch.Tensor, y: torch.Tensor, config: HeadConfig, sinkhor
     return (w * (m_prot - m_cls).abs()).sum((1, 2)) / (2 * P + eps)
 
 
-class _PlainSinkhorn(torch.autograd.Function):
-    """``plan = u K v`` after ``iters`` plain (fixed-count, no log domain, no stopping rule) Sinkhorn
-    iterations on ``K [B, P, 2]`` (SPEC 5), with
-    the exact gradient through the iterations, as batched torch ops (any device). Only the
-    ``v_t`` (two numbers per iteration) are kept; ``u_t`` is recomputed on the way back."""
+def plain_sinkhorn_function(forward, backward) -> type[torch.autograd.Function]:
+    """The autograd function of ``plan = u K v`` after ``iters`` plain (fixed-count, no log domain,
+    no stopping rule) Sinkhorn iterations on ``K [B, P, 2]`` (SPEC 5), with the exact gradient
+    through the iterations: ``forward(K, iters, eps) -> (plan, v_hist)`` and ``backward(K, v_hist,
+    grad_plan, eps) -> grad_K``. Only the ``v_t`` (two numbers per iteration) are kept; ``u_t`` is
+    recomputed on the way back."""
 
-    @staticmethod
-    def forward(ctx, K: torch.Tensor, iters: int, eps: float):
-        K = K.detach().contiguous()
-        plan, v_hist = plain_sinkhorn_forward(K, iters, eps)
-        ctx.save_for_backward(K, v_hist)
-        ctx.eps = eps
-        return plan
+    class PlainSinkhorn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, K: torch.Tensor, iters: int, eps: float):
+            K = K.detach().contiguous()
+            plan, v_hist = forward(K, iters, eps)
+            ctx.save_for_backward(K, v_hist)
+            ctx.eps = eps
+            return plan
 
-    @staticmethod
-    def backward(ctx, grad_plan: torch.Tensor):
-        K, v_hist = ctx.saved_tensors
-        return plain_sinkhorn_backward(K, v_hist, grad_plan.contiguous(), ctx.eps), None, None
+        @staticmethod
+        def backward(ctx, grad_plan: torch.Tensor):
+            K, v_hist = ctx.saved_tensors
+            return backward(K, v_hist, grad_plan.contiguous(), ctx.eps), None, None
+
+    return PlainSinkhorn
 
 
 def plain_sinkhorn_forward(K: torch.Tensor, iters: int, eps: float):
@@ -95,6 +99,10 @@ def plain_sinkhorn_backward(K: torch.Tensor, v_hist: torch.Tensor, G: torch.Tens
         v_bar = torch.einsum("bpj,bp->bj", K, r_bar)
         grad_K = grad_K + u[:, :, None] * s_bar[:, None, :] + r_bar[:, :, None] * vp[:, None, :]
     return grad_K
+
+
+#: This backend's plain Sinkhorn: batched torch operations, any device.
+_PlainSinkhorn = plain_sinkhorn_function(plain_sinkhorn_forward, plain_sinkhorn_backward)
 
 
 def contrastive(e: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor, config: HeadConfig) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._torch import contrastive, ot_consistency
+from ._torch import contrastive, ot_consistency, plain_sinkhorn_function
 from .config import HeadConfig
 from .training import trainer
 
@@ -32,6 +32,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 #: Pixels per block of a pass (a power of two).
 BLOCK = 2048
 NUM_WARPS = 8
+
+
+@triton.jit
+def _load_pair(base, p, mask):
+    """Both columns of rows ``p`` of a row-major ``[P, 2]`` array (0 outside ``mask``)."""
+    return tl.load(base + 2 * p, mask=mask, other=0.0), tl.load(base + 2 * p + 1, mask=mask, other=0.0)
 
 
 # a, b and eps come in a tensor of K's dtype (Triton passes Python floats as fp32 scalars); the
@@ -58,8 +64,7 @@ def _plain_sinkhorn_forward_kernel(K_ptr, plan_ptr, hist_ptr, params_ptr, P, ite
         while start < P:
             p = start + tl.arange(0, BLOCK)
             m = p < P
-            k0 = tl.load(K_img + 2 * p, mask=m, other=0.0)
-            k1 = tl.load(K_img + 2 * p + 1, mask=m, other=0.0)
+            k0, k1 = _load_pair(K_img, p, m)
             u = tl.where(m, a / (k0 * v0 + k1 * v1 + eps), 0.0)
             s0 += tl.sum(k0 * u, 0)
             s1 += tl.sum(k1 * u, 0)
@@ -76,8 +81,7 @@ def _plain_sinkhorn_forward_kernel(K_ptr, plan_ptr, hist_ptr, params_ptr, P, ite
     while start < P:
         p = start + tl.arange(0, BLOCK)
         m = p < P
-        k0 = tl.load(K_img + 2 * p, mask=m, other=0.0)
-        k1 = tl.load(K_img + 2 * p + 1, mask=m, other=0.0)
+        k0, k1 = _load_pair(K_img, p, m)
         u = a / (k0 * vp0 + k1 * vp1 + eps)
         tl.store(plan_ptr + img * P * 2 + 2 * p, u * k0 * v0, mask=m)
         tl.store(plan_ptr + img * P * 2 + 2 * p + 1, u * k1 * v1, mask=m)
@@ -107,10 +111,8 @@ def _plain_sinkhorn_backward_kernel(
     while start < P:
         p = start + tl.arange(0, BLOCK)
         m = p < P
-        k0 = tl.load(K_img + 2 * p, mask=m, other=0.0)
-        k1 = tl.load(K_img + 2 * p + 1, mask=m, other=0.0)
-        g0 = tl.load(G_img + 2 * p, mask=m, other=0.0)
-        g1 = tl.load(G_img + 2 * p + 1, mask=m, other=0.0)
+        k0, k1 = _load_pair(K_img, p, m)
+        g0, g1 = _load_pair(G_img, p, m)
         u = tl.where(m, a / (k0 * vq0 + k1 * vq1 + eps), 0.0)
         tl.store(grad + 2 * p, g0 * u * vT0, mask=m)
         tl.store(grad + 2 * p + 1, g1 * u * vT1, mask=m)
@@ -134,19 +136,16 @@ def _plain_sinkhorn_backward_kernel(
         while start < P:
             p = start + tl.arange(0, BLOCK)
             m = p < P
-            k0 = tl.load(K_img + 2 * p, mask=m, other=0.0)
-            k1 = tl.load(K_img + 2 * p + 1, mask=m, other=0.0)
+            k0, k1 = _load_pair(K_img, p, m)
             # The plan's u_bar = sum_j G K vT joins at the last iteration only.
-            g0 = tl.load(G_img + 2 * p, mask=m & first, other=0.0)
-            g1 = tl.load(G_img + 2 * p + 1, mask=m & first, other=0.0)
+            g0, g1 = _load_pair(G_img, p, m & first)
             r = k0 * vp0 + k1 * vp1 + eps
             u = a / r
             u_bar = (g0 * k0 * vT0 + g1 * k1 * vT1) + (k0 * sb0 + k1 * sb1)
             r_bar = tl.where(m, -u_bar * u / r, 0.0)
             nb0 += tl.sum(k0 * r_bar, 0)
             nb1 += tl.sum(k1 * r_bar, 0)
-            d0 = tl.load(grad + 2 * p, mask=m, other=0.0)
-            d1 = tl.load(grad + 2 * p + 1, mask=m, other=0.0)
+            d0, d1 = _load_pair(grad, p, m)
             tl.store(grad + 2 * p, d0 + (u * sb0 + r_bar * vp0), mask=m)
             tl.store(grad + 2 * p + 1, d1 + (u * sb1 + r_bar * vp1), mask=m)
             start += BLOCK
@@ -180,21 +179,8 @@ def plain_sinkhorn_backward(K: torch.Tensor, v_hist: torch.Tensor, G: torch.Tens
     return grad
 
 
-class _PlainSinkhorn(torch.autograd.Function):
-    """The OT-consistency loss's plain Sinkhorn (SPEC 5) with its exact gradient, a launch each way."""
-
-    @staticmethod
-    def forward(ctx, K: torch.Tensor, iters: int, eps: float):
-        K = K.detach().contiguous()
-        plan, v_hist = plain_sinkhorn_forward(K, iters, eps)
-        ctx.save_for_backward(K, v_hist)
-        ctx.eps = eps
-        return plan
-
-    @staticmethod
-    def backward(ctx, grad_plan: torch.Tensor):
-        K, v_hist = ctx.saved_tensors
-        return plain_sinkhorn_backward(K, v_hist, grad_plan.contiguous(), ctx.eps), None, None
+#: The plain Sinkhorn with the fused launches (the autograd wiring is the torch backend's).
+_PlainSinkhorn = plain_sinkhorn_function(plain_sinkhorn_forward, plain_sinkhorn_backward)
 
 
 def head_loss(
