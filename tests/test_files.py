@@ -150,6 +150,10 @@ def test_inputs_globs_lists_and_errors(archive, tmp_path):
     out = tmp_path / "out"
     s = refine_files([str(folder / "s*.npy"), listing], out, seed=5)
     assert s.done == 6 and set(_written(out)) == {"s0", "s1", "s2", "s3", "m00", "m01"}
+    binary = tmp_path / "binary.txt"  # a .txt that is no list of paths: one unreadable input, no raise
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    s = refine_files(binary, tmp_path / "out_binary")
+    assert (s.done, s.failed) == (0, 1) and "binary.txt" in s.failures[0]
     for kwargs, name in (
         ({"batch_size": 0}, "batch_size"),
         ({"num_workers": -1}, "num_workers"),

@@ -111,8 +111,12 @@ def input_files(inputs: Any) -> list[Path]:
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES and q.is_file())
         elif p.suffix.lower() in (".txt", ".lst") and p.is_file():
-            base = p.parent
-            out += [base / line.strip() for line in p.read_text().splitlines() if line.strip()]
+            try:
+                lines = p.read_text().splitlines()
+            except (OSError, UnicodeDecodeError):  # not a list of paths: reported as unreadable
+                out.append(p)
+                continue
+            out += [p.parent / line.strip() for line in lines if line.strip()]
         elif any(c in str(item) for c in "*?[") and not p.exists():
             out += sorted(Path(q) for q in glob.glob(str(item), recursive=True))
         else:
@@ -263,7 +267,8 @@ def refine_files(
         def record(**entry) -> None:
             counts[entry["status"]] += 1
             if entry["status"] == "failed":
-                failures.append(f"{entry['input']}: {entry.get('name') or ''} {entry['error']}".strip())
+                name = f"{entry['name']}: " if entry.get("name") else ""
+                failures.append(f"{entry['input']}: {name}{entry['error']}")
             manifest.write(json.dumps(entry) + "\n")
             manifest.flush()
 
