@@ -128,12 +128,20 @@ def test_torchrun_two_ranks_share_the_files_and_merge_the_manifest(archive, tmp_
     folder, expected = archive
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
+    # A session of its own: on a timeout the ranks go too, not only the launcher.
+    child = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "topoot_gpu", "refine", str(folder), "--out", str(out), "--seed", "5", "--distributed", "--quiet",
          "--batch-size", "3"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env, start_new_session=True,
     )  # fmt: skip
+    try:
+        stdout, stderr = child.communicate(timeout=600)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    run = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: the corrupt file failed, as it should
     written = _written(out)
     assert set(written) == set(expected)
