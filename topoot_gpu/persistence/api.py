@@ -35,7 +35,8 @@ from .diagrams import CONSTRUCTIONS, FILTRATIONS, Diagrams
 KERNEL = "cubical_persistence"
 
 
-def _check_dims(dims: Any) -> tuple[bool, bool]:
+def check_dims(dims: Any) -> tuple[bool, bool]:
+    """Whether H0 and H1 are wanted: ``dims`` a non-empty subset of ``(0, 1)``, else a ``ValueError``."""
     try:
         dims = tuple(dims) if isinstance(dims, Iterable) else (dims,)
     except TypeError:
@@ -82,7 +83,7 @@ def cubical_persistence(
     check_choice("filtration", filtration, FILTRATIONS)
     check_choice("construction", construction, CONSTRUCTIONS)
     backend = backends.check_backend(KERNEL, backend)
-    dim0, dim1 = _check_dims(dims)
+    dim0, dim1 = check_dims(dims)
     threads = check_threads(num_threads)
     batch = check_maps(maps, finite=False)
     name, device = backends.resolve(KERNEL, backend, batch.device)

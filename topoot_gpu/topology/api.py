@@ -37,6 +37,7 @@ import torch
 
 from ..core import backends
 from ..core.validation import check_choice, check_int, check_number
+from ..persistence.api import check_dims
 from ..persistence.diagrams import CONSTRUCTIONS, FILTRATIONS
 from ..transport.api import sinkhorn
 from ..transport.padded import padded_diagram_costs
@@ -128,7 +129,7 @@ def persistence_diagrams(
         raise ValueError(f"x: expected a non-empty [B, H, W] or [B, C, H, W] tensor, got shape {tuple(x.shape)}")
     check_choice("construction", construction, CONSTRUCTIONS)
     check_choice("filtration", filtration, FILTRATIONS)
-    wanted = _check_dims(dims)
+    wanted = [d for d, on in zip((0, 1), check_dims(dims)) if on]
     min_persistence = check_number("min_persistence", min_persistence)
     backend = backends.check_backend("cubical_persistence", backend)
     threads = 0 if num_threads is None else check_int("num_threads", num_threads, minimum=1)
@@ -153,16 +154,6 @@ def persistence_diagrams(
         counts.reshape(lead),
         filtration,
     )
-
-
-def _check_dims(dims: Any) -> list[int]:
-    try:
-        wanted = sorted({check_int("dims", d, minimum=0, maximum=1) for d in dims})
-    except TypeError:
-        raise ValueError(f"dims: expected a non-empty subset of (0, 1), got {dims!r}") from None
-    if not wanted:
-        raise ValueError(f"dims: expected a non-empty subset of (0, 1), got {dims!r}")
-    return wanted
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
