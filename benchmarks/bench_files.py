@@ -5,7 +5,7 @@ A folder of ``--maps`` 224x224 ``.npy`` maps (anomaly-like blobs), refined by
 writing masks and manifest included), against :func:`topoot_gpu.refine` on the same maps already in
 memory, in batches of the same size (no file I/O at all). Maps per second and the fraction of the
 preloaded throughput each reaches; median of repeats after a warm-up, each repeat into a fresh
-output folder. JSON ``benchmarks/results/files_cpu.json``.
+output folder; the configurations run interleaved, round by round. JSON ``benchmarks/results/files_cpu.json``.
 
     python benchmarks/bench_files.py [--maps 512] [--batch-size 16] [--workers 0 1 2] [--repeats 3]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -54,18 +55,25 @@ def main() -> None:
             for start in range(0, len(maps), args.batch_size):
                 refine(maps[start : start + args.batch_size], seed=args.seed)
 
-        base_s = median_seconds(preloaded, repeats=args.repeats)
+        def from_files(workers: int) -> None:
+            out = Path(tmp) / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            s = refine_files(folder, out, batch_size=args.batch_size, num_workers=workers, seed=args.seed)
+            assert s.done == len(maps) and s.failed == 0
+
+        # Warm-up (thread pools, first allocations) on one batch, not a whole pass; then the
+        # configurations interleaved round by round, so that drift over a long run hits all alike.
+        refine(maps[: args.batch_size], seed=args.seed)
+        runs = {"preloaded": preloaded} | {w: (lambda w=w: from_files(w)) for w in args.workers}
+        times: dict = {key: [] for key in runs}
+        for _ in range(args.repeats):
+            for key, fn in runs.items():
+                times[key].append(median_seconds(fn, repeats=1, warmup=0))
+        base_s = statistics.median(times["preloaded"])
         rows = [{"reader": "preloaded refine", "workers": "-", "seconds": base_s, "maps_per_s": len(maps) / base_s}]
-        for workers in args.workers:
-
-            def from_files(workers: int = workers) -> None:
-                out = Path(tmp) / "out"
-                shutil.rmtree(out, ignore_errors=True)
-                s = refine_files(folder, out, batch_size=args.batch_size, num_workers=workers, seed=args.seed)
-                assert s.done == len(maps) and s.failed == 0
-
-            t = median_seconds(from_files, repeats=args.repeats)
-            rows.append({"reader": "refine_files", "workers": workers, "seconds": t, "maps_per_s": len(maps) / t})
+        for w in args.workers:
+            t = statistics.median(times[w])
+            rows.append({"reader": "refine_files", "workers": w, "seconds": t, "maps_per_s": len(maps) / t})
     for r in rows:
         r["fraction_of_preloaded"] = r["maps_per_s"] / rows[0]["maps_per_s"]
     print(f"\n{len(maps)} maps of {args.size}x{args.size}, batch size {args.batch_size}")

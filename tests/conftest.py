@@ -70,3 +70,20 @@ def use_backend(request):
             return name
 
         yield use
+
+
+@pytest.fixture
+def archive(tmp_path, rng):
+    """``(folder, expected)``: a folder of generated maps (``topoot_gpu.testing.write_map_archive``)
+    and the mask ``refine`` gives each (seed 5), by output name."""
+    from topoot_gpu import refine
+    from topoot_gpu.testing import write_map_archive
+
+    folder = tmp_path / "maps"
+    maps = write_map_archive(folder, rng)
+    expected = {}
+    for shape in {m.shape for m in maps.values()}:
+        names = [n for n, m in maps.items() if m.shape == shape]
+        masks = refine(np.stack([maps[n] for n in names]), seed=5).mask
+        expected |= {n: masks[j] for j, n in enumerate(names)}
+    return folder, expected

@@ -4,66 +4,19 @@ second run writes nothing; a killed run resumes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from topoot_gpu import refine, refine_files
-from topoot_gpu.testing import blob_maps, ring_maps
-
-N_MAPS = 23  # no batch size or rank count used here divides it
-
-
-@pytest.fixture
-def archive(tmp_path, rng):
-    """A folder of 23 maps: 19 single .npy maps (two shapes), one [2, H, W] .npy, one .npz with two
-    arrays, plus a corrupt file; and the masks refine gives them (seed 5)."""
-    folder = tmp_path / "maps"
-    folder.mkdir()
-    big = np.concatenate([blob_maps(rng, 12, 20, 18), ring_maps(rng, 11, 20, 18)])
-    small = blob_maps(rng, 4, 14, 15)
-    names, maps = [], []
-    for k in range(15):
-        np.save(folder / f"m{k:02d}.npy", big[k])
-        names.append(f"m{k:02d}")
-        maps.append(big[k])
-    for k in range(4):
-        np.save(folder / f"s{k}.npy", small[k])
-        names.append(f"s{k}")
-        maps.append(small[k])
-    np.save(folder / "pair.npy", big[15:17])
-    names += ["pair_0", "pair_1"]
-    maps += [big[15], big[16]]
-    np.savez(folder / "z.npz", a=big[17], b=big[18])
-    names += ["z_a", "z_b"]
-    maps += [big[17], big[18]]
-    (folder / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
-    assert len(names) == N_MAPS
-    expected = {}
-    for shape in {m.shape for m in maps}:
-        idx = [i for i, m in enumerate(maps) if m.shape == shape]
-        masks = refine(np.stack([maps[i] for i in idx]), seed=5).mask
-        expected |= {names[i]: masks[j] for j, i in enumerate(idx)}
-    return folder, expected
-
-
-def _written(out: Path) -> dict[str, np.ndarray]:
-    masks = {p.name[: -len("_mask.npy")]: np.load(p) for p in out.glob("*_mask.npy")}
-    pngs = {p.name[: -len("_mask.png")] for p in out.glob("*_mask.png")}
-    assert set(masks) == pngs
-    return masks
-
-
-def _manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+from topoot_gpu.testing import ARCHIVE_MAPS as N_MAPS
+from topoot_gpu.testing import blob_maps, manifest_entries, written_masks
 
 
 @pytest.mark.parametrize("batch_size,workers", [(1, 0), (7, 3), (16, 1)])
@@ -72,11 +25,11 @@ def test_the_same_masks_as_refine_whatever_the_batching_and_readers(archive, tmp
     out = tmp_path / f"out_{batch_size}_{workers}"
     summary = refine_files(folder, out, batch_size=batch_size, num_workers=workers, seed=5)
     assert (summary.done, summary.skipped, summary.failed) == (N_MAPS, 0, 1)
-    written = _written(out)
+    written = written_masks(out)
     assert set(written) == set(expected)
     for name, mask in expected.items():
         assert np.array_equal(written[name], mask), name
-    entries = _manifest(out)
+    entries = manifest_entries(out)
     assert len(entries) == N_MAPS + 1
     assert sorted(e["name"] for e in entries if e["status"] == "done") == sorted(expected)
     (bad,) = [e for e in entries if e["status"] == "failed"]
@@ -118,13 +71,13 @@ def test_a_killed_run_resumes_to_the_same_result(archive, tmp_path):
     assert 0 < partial < N_MAPS, "the run was not killed mid-way"
     summary = refine_files(folder, out, seed=5)
     assert summary.skipped >= partial - 1 and summary.done + summary.skipped == N_MAPS
-    written = _written(out)
+    written = written_masks(out)
     assert set(written) == set(expected)
     assert all(np.array_equal(written[k], v) for k, v in expected.items())
     assert not list(out.glob(".*.tmp"))
 
 
-def test_torchrun_two_ranks_share_the_files_and_merge_the_manifest(archive, tmp_path):
+def test_torchrun_two_ranks_share_the_files_and_merge_themanifest_entries(archive, tmp_path):
     folder, expected = archive
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -143,10 +96,10 @@ def test_torchrun_two_ranks_share_the_files_and_merge_the_manifest(archive, tmp_
             child.wait()
     run = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: the corrupt file failed, as it should
-    written = _written(out)
+    written = written_masks(out)
     assert set(written) == set(expected)
     assert all(np.array_equal(written[k], v) for k, v in expected.items())
-    entries = _manifest(out)
+    entries = manifest_entries(out)
     assert len(entries) == N_MAPS + 1 and len({e["input"] + str(e["name"]) for e in entries}) == N_MAPS + 1
     assert not list(out.glob("manifest.rank*"))
 
@@ -157,7 +110,7 @@ def test_inputs_globs_lists_and_errors(archive, tmp_path):
     listing.write_text("m00.npy\nm01.npy\n\nm00.npy\n")
     out = tmp_path / "out"
     s = refine_files([str(folder / "s*.npy"), listing], out, seed=5)
-    assert s.done == 6 and set(_written(out)) == {"s0", "s1", "s2", "s3", "m00", "m01"}
+    assert s.done == 6 and set(written_masks(out)) == {"s0", "s1", "s2", "s3", "m00", "m01"}
     binary = tmp_path / "binary.txt"  # a .txt that is no list of paths: one unreadable input, no raise
     binary.write_bytes(b"\xff\xfe\x00garbage")
     s = refine_files(binary, tmp_path / "out_binary")
@@ -185,5 +138,30 @@ def test_features_one_per_map_in_order(tmp_path, rng):
     s = refine_files([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "out", features=tmp_path / "f.npy", seed=2)
     assert s.done == 3
     want = refine(maps, torch.from_numpy(features), seed=2).mask
+    for k, name in enumerate(["a_0", "a_1", "b"]):
+        assert np.array_equal(np.load(tmp_path / "out" / f"{name}_mask.npy"), want[k])
+
+
+def test_features_per_input_from_a_folder(tmp_path, rng):
+    """Sharded archives keep one features file per input: ``[C, h, w]`` or ``[N, C, h, w]``; a
+    missing or mismatched one fails that input's maps only."""
+    maps = blob_maps(rng, 5, 16, 16)
+    inputs = tmp_path / "maps"
+    inputs.mkdir()
+    np.save(inputs / "a.npy", maps[:2])
+    np.save(inputs / "b.npy", maps[2])
+    np.save(inputs / "c.npy", maps[3])
+    np.save(inputs / "d.npy", maps[4])
+    features = rng.normal(size=(5, 4, 5, 5)).astype(np.float32)
+    folder = tmp_path / "features"
+    folder.mkdir()
+    np.save(folder / "a.npy", features[:2])
+    np.savez(folder / "b.npz", features[2])  # [C, h, w] for an input of one map
+    np.save(folder / "d.npy", features[3:5])  # two rows for an input of one map
+    s = refine_files(inputs, tmp_path / "out", features=folder, seed=2)
+    assert (s.done, s.failed) == (3, 2)
+    assert any("c.npy" in f and "no c.npy or c.npz" in f for f in s.failures)
+    assert any("d.npy" in f and "holds 2 images, the input holds 1 maps" in f for f in s.failures)
+    want = refine(maps[:3], torch.from_numpy(features[:3]), seed=2).mask
     for k, name in enumerate(["a_0", "a_1", "b"]):
         assert np.array_equal(np.load(tmp_path / "out" / f"{name}_mask.npy"), want[k])

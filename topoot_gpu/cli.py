@@ -5,7 +5,8 @@
   summary in an output folder.
 * ``topoot refine INPUTS... --out DIR``: refine ``.npy`` / ``.npz`` / ``.png`` maps (files,
   folders, globs), write each mask as PNG and ``.npy`` and a manifest, resumably
-  (:func:`topoot_gpu.refine_files`); ``--distributed`` under torchrun.
+  (:func:`topoot_gpu.refine_files`); ``--distributed`` under torchrun, ``--ray ADDRESS`` on a Ray
+  cluster (:mod:`topoot_gpu.ray`).
 * ``topoot bench``: run the benchmarks of a source checkout and print their tables.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from . import keep_freed_memory, refine
+from .core.backends import require
 from .core.maps import normalise_maps
 from .core.validation import check_seed
 from .refinement import files
@@ -126,15 +128,23 @@ def refine_command(args: argparse.Namespace) -> int:
         if key in seen:
             print(f"note: {p} is listed more than once: refined once", file=sys.stderr)
         seen.add(key)
+    common = {"features": args.features, "batch_size": args.batch_size, "seed": args.seed,
+              "overwrite": args.overwrite, "progress": None if args.quiet else _progress}  # fmt: skip
     try:
-        summary = files.refine_files(
-            args.maps, args.out, features=args.features, batch_size=args.batch_size, device=args.device,
-            seed=args.seed, overwrite=args.overwrite, num_workers=args.workers, distributed=args.distributed,
-            progress=None if args.quiet else _progress,
-        )  # fmt: skip
+        if args.ray is not None:
+            if args.distributed or args.workers:
+                print("error: --ray runs its own readers and actors: no --distributed or --workers", file=sys.stderr)
+                return 2
+            summary = _refine_ray(args, common)
+        else:
+            summary = files.refine_files(args.maps, args.out, device=args.device or "cpu", num_workers=args.workers,
+                                         distributed=args.distributed, **common)  # fmt: skip
+    except ImportError as e:
+        print(f"error: --ray: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         name, _, message = str(e).partition(": ")
-        option = {"out_dir": "out", "device": "device", "features": "features"}.get(name)
+        option = {"out_dir": "out", "device": "device", "features": "features", "actors": "actors"}.get(name)
         where = f"--{option} {getattr(args, option)}" if option else name
         print(f"error: {where}: {message}", file=sys.stderr)
         return 2
@@ -145,6 +155,15 @@ def refine_command(args: argparse.Namespace) -> int:
     )
     print(f"{summary.done} masks written to {args.out}/{note}; manifest {summary.manifest}")
     return 1 if summary.failed else 0
+
+
+def _refine_ray(args: argparse.Namespace, common: dict) -> files.FilesSummary:
+    from .refinement import ray_data
+
+    import_ray = require("ray.data", "ray", "'ray[data]'")
+    import_ray.DataContext.get_current().enable_progress_bars = False  # ours instead (or --quiet)
+    return ray_data.refine_ray(args.maps, args.out, address=args.ray, actors=args.actors,
+                               device=args.device or "auto", **common)  # fmt: skip
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -194,14 +213,25 @@ def main(argv: list[str] | None = None) -> int:
         "maps", nargs="+", help=".npy ([H, W] or [B, H, W]), .npz (every array), .png files, folders, globs, "
         "or .txt files listing paths"
     )  # fmt: skip
-    p.add_argument("--features", default=None, help=".npy/.npz [N, C, h, w]: one per map of the inputs, in order")
+    p.add_argument(
+        "--features", default=None, help=".npy/.npz [N, C, h, w] with one row per map of the inputs in order, "
+        "or a folder of per-input files <input stem>.npy ([C, h, w] or [N, C, h, w])"
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder: NAME_mask.png, NAME_mask.npy, manifest.jsonl")
     p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu; cuda with --distributed: LOCAL_RANK)")
+    p.add_argument(
+        "--device", default=None, help="torch device (default cpu; cuda with --distributed: LOCAL_RANK; with --ray: "
+        "auto, each actor's GPU or its CPU)"
+    )  # fmt: skip
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--workers", type=int, default=0, help="background reader processes (default 0)")
     p.add_argument("--overwrite", action="store_true", help="refine maps whose outputs exist (default: resume)")
     p.add_argument("--distributed", action="store_true", help="under torchrun: this rank's share of the inputs")
+    p.add_argument(
+        "--ray", default=None, metavar="ADDRESS", help="on a Ray cluster (auto: this node's; local: start one here): "
+        "needs topoot_gpu[ray]; inputs and --out on a filesystem every node sees"
+    )  # fmt: skip
+    p.add_argument("--actors", type=_positive, default=None, help="with --ray: refining actors (default: one per GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=refine_command)
     p = sub.add_parser("bench", help="run the benchmarks (from a source checkout) and print their tables")

@@ -141,6 +141,47 @@ persistence_shapes = [(1, 1), (1, 9), (9, 1), (2, 2), (3, 7), (17, 5), (32, 32),
 persistence_cases = [(c, f) for c in ("T", "V") for f in ("sublevel", "superlevel")]
 
 
+#: Maps in :func:`write_map_archive`'s folder: a count no batch size or rank count used divides.
+ARCHIVE_MAPS = 23
+
+
+def write_map_archive(folder: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A folder of :data:`ARCHIVE_MAPS` maps as ``refine_files`` reads them: 19 single ``.npy`` maps
+    of two shapes, one ``[2, H, W]`` ``.npy``, one ``.npz`` of two arrays, and a corrupt
+    ``corrupt.npy``. Returns each map by the output name it gets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    big = np.concatenate([blob_maps(rng, 12, 20, 18), ring_maps(rng, 11, 20, 18)])
+    small = blob_maps(rng, 4, 14, 15)
+    maps = {}
+    for k in range(15):
+        np.save(folder / f"m{k:02d}.npy", big[k])
+        maps[f"m{k:02d}"] = big[k]
+    for k in range(4):
+        np.save(folder / f"s{k}.npy", small[k])
+        maps[f"s{k}"] = small[k]
+    np.save(folder / "pair.npy", big[15:17])
+    maps |= {"pair_0": big[15], "pair_1": big[16]}
+    np.savez(folder / "z.npz", a=big[17], b=big[18])
+    maps |= {"z_a": big[17], "z_b": big[18]}
+    (folder / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    assert len(maps) == ARCHIVE_MAPS
+    return maps
+
+
+def written_masks(out: Path) -> dict[str, np.ndarray]:
+    """The masks in an output folder by name; every ``.npy`` mask has its ``.png``."""
+    masks = {p.name[: -len("_mask.npy")]: np.load(p) for p in out.glob("*_mask.npy")}
+    pngs = {p.name[: -len("_mask.png")] for p in out.glob("*_mask.png")}
+    assert set(masks) == pngs, "a mask without its .png or the other way round"
+    return masks
+
+
+def manifest_entries(out: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
 def diagram_rows(d: Diagrams) -> list[tuple]:
     """Every pair as (image, dim, birth, death, birth pixel, death pixel), sorted: two backends agree
     exactly when these lists are equal."""

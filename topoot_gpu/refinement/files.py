@@ -9,18 +9,20 @@ batch). Each map's mask is written as ``<name>_mask.npy`` and ``<name>_mask.png`
 (a temporary file, then ``os.replace``), so a killed run leaves no half-written mask, and a map
 whose two outputs exist is skipped unless ``overwrite``: a second run writes nothing, an
 interrupted one resumes. Every map (or unreadable file) gets one JSON line in
-``manifest.jsonl``: input, name, outputs, mask pixels, chosen candidate, seconds, status
+``manifest.jsonl``: input, name, outputs, mask pixels, chosen candidate, seconds, device, status
 (``done``, ``skipped``, ``failed``) and error. A bad input never raises: it is recorded and the
 run goes on.
 
 Several processes (``torchrun --nproc-per-node N -m topoot_gpu refine ... --distributed``) each
 take every ``N``-th input file (by rank, no padding, so no file is done twice), write their own
-manifest part, and rank 0 merges the parts after a barrier.
+manifest part, and rank 0 merges the parts after a barrier. A Ray cluster runs the same per-file
+steps in its actors (:mod:`topoot_gpu.refinement.ray_data`).
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import tempfile
@@ -53,22 +55,60 @@ class FilesSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def load_maps(path: Path) -> list[tuple[str, np.ndarray]]:
+class ManifestWriter:
+    """The manifest's JSON lines, written to ``<path>.tmp`` as they come (flushed, so a killed run's
+    progress can be read) and moved to ``path`` when the ``with`` block ends without an error;
+    counts the entries by status for the :class:`FilesSummary`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, path.with_suffix(path.suffix + ".tmp")
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.failures: list[str] = []
+
+    @property
+    def entries(self) -> int:
+        return sum(self.counts.values())
+
+    def __enter__(self) -> ManifestWriter:
+        self.fh = open(self.tmp, "w")
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.fh.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+
+    def record(self, **entry: Any) -> None:
+        """One entry: ``input``, ``name`` (None for an unreadable file), ``status``, ``error``, ..."""
+        self.counts[entry["status"]] += 1
+        if entry["status"] == "failed":
+            name = f"{entry['name']}: " if entry.get("name") else ""
+            self.failures.append(f"{entry['input']}: {name}{entry['error']}")
+        self.fh.write(json.dumps(entry) + "\n")
+        self.fh.flush()
+
+    def summary(self, manifest: Path) -> FilesSummary:
+        return FilesSummary(self.counts["done"], self.counts["skipped"], self.counts["failed"], manifest, self.failures)
+
+
+def load_maps(path: Path, data: bytes | None = None) -> list[tuple[str, np.ndarray]]:
     """Every map in a file, named after it: ``.npy`` ``[H, W]`` or ``[B, H, W]`` (``NAME_k``), ``.npz``
     (each array, ``NAME_KEY``), ``.png`` (grey levels as they are; colour as luminance, PIL's
-    ``convert("L")``, alpha ignored). Raises ``ValueError`` for anything else."""
+    ``convert("L")``, alpha ignored). ``data``: the file's bytes, already read (``path`` then only
+    names it and gives its kind). Raises ``ValueError`` for anything else."""
     suffix = path.suffix.lower()
+    source = path if data is None else io.BytesIO(data)
     if suffix == ".png":
         from PIL import Image
 
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if img.mode not in ("L", "I", "I;16", "F"):
                 img = img.convert("L")
             return [(path.stem, np.asarray(img, dtype=np.float64))]
     if suffix == ".npy":
-        arrays = {path.stem: np.load(path, allow_pickle=False)}
+        arrays = {path.stem: np.load(source, allow_pickle=False)}
     elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(source, allow_pickle=False) as z:
             arrays = {f"{path.stem}_{k}": z[k] for k in z.files}
     else:
         raise ValueError("expected a .npy, .npz or .png file")
@@ -86,8 +126,8 @@ def load_maps(path: Path) -> list[tuple[str, np.ndarray]]:
     return [(n, a.astype(np.float64)) for n, a in out]
 
 
-def load_features(path: Path) -> np.ndarray:
-    """``[N, C, h, w]`` features from a ``.npy`` or a one-array ``.npz``."""
+def load_features(path: Path, ndims: tuple[int, ...] = (4,)) -> np.ndarray:
+    """Features from a ``.npy`` or a one-array ``.npz``: ``[N, C, h, w]`` (or another of ``ndims``)."""
     if path.suffix.lower() == ".npz":
         with np.load(path, allow_pickle=False) as z:
             if len(z.files) != 1:
@@ -95,8 +135,11 @@ def load_features(path: Path) -> np.ndarray:
             f = z[z.files[0]]
     else:
         f = np.load(path, allow_pickle=False)
-    if f.ndim != 4:
-        raise ValueError(f"expected [N, C, h, w] features, got shape {f.shape}")
+    if f.ndim not in ndims:
+        shapes = " or ".join({3: "[C, h, w]", 4: "[N, C, h, w]"}[d] for d in ndims)
+        raise ValueError(f"expected {shapes} features, got shape {f.shape}")
+    if f.dtype.kind not in "fiu":
+        raise ValueError(f"expected numbers, got dtype {f.dtype}")
     return f
 
 
@@ -174,7 +217,7 @@ def write_mask(out_dir: Path, name: str, mask: np.ndarray) -> tuple[Path, Path]:
     return npy, png
 
 
-def _names(files: list[Path]) -> dict[int, str]:
+def output_names(files: list[Path]) -> dict[int, str]:
     """A distinct base name per file (its stem; ``_2``, ``_3``, ... for a later file with the same
     stem), fixed from the whole input list, so every shard and every run names outputs alike."""
     taken: set[str] = set()
@@ -219,7 +262,10 @@ def refine_files(
         inputs: a file, folder, glob pattern or ``.txt`` list of paths, or a sequence of those.
         out_dir: the output folder (created).
         features: an ``[N, C, h, w]`` ``.npy``/``.npz``, one per map of the inputs in order (all
-            inputs are read once to count their maps), or None for the maps' own features.
+            inputs are read once to count their maps); or a folder of per-input files
+            ``<input stem>.npy``/``.npz`` (``[C, h, w]``, or ``[N, C, h, w]`` for an input of
+            ``N`` maps), the form for sharded archives (each input's features are read with it, a
+            missing one fails that input's maps only); or None for the maps' own features.
         config, seed: as :func:`topoot_gpu.refine`.
         batch_size: maps refined together (maps of one shape).
         device: the torch device (``"cuda"`` with ``distributed``: each rank's ``LOCAL_RANK``).
@@ -255,23 +301,13 @@ def refine_files(
         for stale in out.glob(".*_mask.*.tmp"):
             stale.unlink(missing_ok=True)
     files = input_files(inputs)
-    names = _names(files)
-    feature_rows = _feature_rows(files, features) if features is not None else None
+    names = output_names(files)
+    rows = feature_rows(files, features) if features is not None else None
     mine = list(range(rank, len(files), world))
     part = out / (f"manifest.rank{rank}.jsonl" if world > 1 else MANIFEST)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    failures: list[str] = []
     start = time.perf_counter()
-    with open(part.with_suffix(".jsonl.tmp"), "w") as manifest:
-
-        def record(**entry) -> None:
-            counts[entry["status"]] += 1
-            if entry["status"] == "failed":
-                name = f"{entry['name']}: " if entry.get("name") else ""
-                failures.append(f"{entry['input']}: {name}{entry['error']}")
-            manifest.write(json.dumps(entry) + "\n")
-            manifest.flush()
-
+    with ManifestWriter(part) as manifest:
+        record = manifest.record
         loader = torch.utils.data.DataLoader(
             _Reader([files[i] for i in mine]), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
         )  # fmt: skip
@@ -282,20 +318,11 @@ def refine_files(
             if maps is None:
                 record(input=src, name=None, status="failed", error=error)
                 continue
-            base = names[i]
-            for k, (name, a) in enumerate(maps):
-                name = base + name[len(files[i].stem) :]
-                f = None if feature_rows is None else feature_rows(i, k)
-                outputs = (out / f"{name}_mask.npy", out / f"{name}_mask.png")
-                if not overwrite and all(p.is_file() for p in outputs):
-                    record(input=src, name=name, status="skipped", error=None, outputs=[str(p) for p in outputs])
-                    continue
-                pending.append((src, name, a, f))
-            pending = _flush(pending, batch_size, out, dev, config, seed, record, final=False)
+            queue_maps(src, files[i].stem, names[i], maps, rows, i, out, overwrite, record, pending)
+            pending = flush(pending, batch_size, out, dev, config, seed, record, final=False)
             if progress is not None:
-                progress(sum(counts.values()), read, len(mine), time.perf_counter() - start)
-        _flush(pending, batch_size, out, dev, config, seed, record, final=True)
-    os.replace(part.with_suffix(".jsonl.tmp"), part)
+                progress(manifest.entries, read, len(mine), time.perf_counter() - start)
+        flush(pending, batch_size, out, dev, config, seed, record, final=True)
     manifest_path = out / MANIFEST
     if world > 1:
         import torch.distributed as dist
@@ -308,15 +335,24 @@ def refine_files(
                 p.unlink()
         dist.barrier()
     if progress is not None:
-        progress(sum(counts.values()), len(mine), len(mine), time.perf_counter() - start)
-    return FilesSummary(counts["done"], counts["skipped"], counts["failed"], manifest_path, failures)
+        progress(manifest.entries, len(mine), len(mine), time.perf_counter() - start)
+    return manifest.summary(manifest_path)
 
 
-def _feature_rows(files: list[Path], features: Any) -> Callable[[int, int], np.ndarray]:
-    """Per (file, map in it): its row of the features array (one per map of all inputs, in order).
-    The inputs are read once here to count their maps."""
+#: ``rows(file index, input stem, map index in the file, maps in the file)``: that map's features.
+FeatureRows = Callable[[int, str, int, int], np.ndarray]
+
+
+def feature_rows(files: list[Path], features: Any) -> FeatureRows:
+    """The features of each map, from ``features``: one ``[N, C, h, w]`` array file with a row per map
+    of all ``files`` in order (they are read once here to count their maps), or a folder of
+    per-input files (:func:`folder_feature_rows`). Raises ``ValueError`` (naming ``features``) for a
+    missing or unreadable array, or one whose rows do not match the maps."""
+    path = Path(features)
+    if path.is_dir():
+        return folder_feature_rows(path)
     try:
-        array = load_features(Path(features))
+        array = load_features(path)
     except Exception as e:
         raise ValueError(f"features: {e}") from e
     offsets, total = {}, 0
@@ -330,13 +366,60 @@ def _feature_rows(files: list[Path], features: Any) -> Callable[[int, int], np.n
     if total != len(array):
         raise ValueError(f"features: holds {len(array)} images, the inputs hold {total} maps")
 
-    def rows(i: int, k: int) -> np.ndarray:
+    def rows(i: int, stem: str, k: int, n: int) -> np.ndarray:
         return array[offsets[i] + k].astype(np.float32)
 
     return rows
 
 
-def _flush(pending, batch_size: int, out: Path, device, config, seed: int, record, *, final: bool):
+def folder_feature_rows(folder: Path) -> FeatureRows:
+    """Per-input features, for archives read in shards: ``<folder>/<input stem>.npy`` (or ``.npz``),
+    ``[C, h, w]`` for an input of one map or ``[N, C, h, w]`` with a row per map of the input. A
+    missing or mismatched file raises ``ValueError`` for that input's maps only (recorded as failed
+    by the callers). The last file read is kept, so an input's maps read it once."""
+    last: dict[str, np.ndarray] = {}
+
+    def rows(i: int, stem: str, k: int, n: int) -> np.ndarray:
+        if stem not in last:
+            found = [f for f in (folder / f"{stem}.npy", folder / f"{stem}.npz") if f.is_file()]
+            if not found:
+                raise ValueError(f"features: no {stem}.npy or {stem}.npz in {folder}")
+            try:
+                a = load_features(found[0], ndims=(3, 4))
+            except Exception as e:
+                raise ValueError(f"features: {found[0]}: {e}") from e
+            last.clear()
+            last[stem] = a[None] if a.ndim == 3 else a
+        a = last[stem]
+        if len(a) != n:
+            raise ValueError(f"features: {stem}: holds {len(a)} images, the input holds {n} maps")
+        return a[k].astype(np.float32)
+
+    return rows
+
+
+def queue_maps(
+    src: str, stem: str, base: str, maps: list[tuple[str, np.ndarray]], features: FeatureRows | None, i: int,
+    out: Path, overwrite: bool, record: Callable[..., None], pending: list,
+) -> None:  # fmt: skip
+    """One input file's maps: skipped (outputs there, unless ``overwrite``), failed (features), or
+    appended to ``pending`` as ``(input, output name, map, features or None)``. ``base`` replaces
+    the file's ``stem`` in its maps' names (:func:`output_names`)."""
+    for k, (name, a) in enumerate(maps):
+        name = base + name[len(stem) :]
+        outputs = (out / f"{name}_mask.npy", out / f"{name}_mask.png")
+        if not overwrite and all(p.is_file() for p in outputs):
+            record(input=src, name=name, status="skipped", error=None, outputs=[str(p) for p in outputs])
+            continue
+        try:
+            f = None if features is None else features(i, stem, k, len(maps))
+        except ValueError as e:
+            record(input=src, name=name, status="failed", error=str(e))
+            continue
+        pending.append((src, name, a, f))
+
+
+def flush(pending, batch_size: int, out: Path, device, config, seed: int, record, *, final: bool):
     """Refine the pending maps in batches of one shape (full batches only unless ``final``); returns
     what is left."""
     by_shape: dict[tuple, list] = {}
@@ -358,7 +441,7 @@ def _flush(pending, batch_size: int, out: Path, device, config, seed: int, recor
                     continue
                 record(
                     input=src, name=name, status="done", error=None, outputs=[str(p) for p in outputs],
-                    mask_pixels=int(mask.sum()), label_pixels=int(label.sum()), seconds=seconds,
+                    mask_pixels=int(mask.sum()), label_pixels=int(label.sum()), seconds=seconds, device=str(device),
                     candidate=None if candidate is None else {
                         "filtration": candidate.filtration, "dim": candidate.dim, "low": candidate.low,
                         "high": candidate.high,
