@@ -3,7 +3,8 @@
 Ours (the C++ core, 1 thread and all threads, birth and death pixels included) against GUDHI
 ``CubicalComplex`` (with ``cofaces_of_persistence_pairs``, as the released TopoOT code uses it),
 GUDHI's 2-D fast path ``gudhi.sklearn.CubicalPersistence`` (no pixels) and CubicalRipser
-(``top_dim=True``, with locations). Every tool gets the same float64 maps in the same run.
+(``computePH_T``: construction T, with locations; every tool's pair counts are checked
+against ours before timing). Every tool gets the same float64 maps in the same run.
 ``CubicalComplex`` and CubicalRipser are timed on the first ``--slow-batch`` maps only (they
 are 100x slower); the ratio column is their ms per map over ours on one thread.
 
@@ -38,44 +39,99 @@ import numpy as np  # noqa: E402
 # isort: on
 
 from topoot_gpu import cubical_persistence  # noqa: E402
-from topoot_gpu.testing import smooth_maps  # noqa: E402
+from topoot_gpu.testing import blob_maps, smooth_maps  # noqa: E402
+
+KINDS = ("smooth", "noise", "anomaly")
 
 
 def make_maps(kind: str, batch: int, size: int, seed: int) -> np.ndarray:
+    """``smooth``: blurred noise; ``noise``: raw uniform noise (the most pairs); ``anomaly``: a smooth
+    background with a few blobs, what real scorers emit."""
     rng = np.random.default_rng(seed)
     if kind == "noise":
         return rng.random((batch, size, size))
+    if kind == "anomaly":
+        return blob_maps(rng, batch, size, size)
     return smooth_maps(rng, batch, size, size, sigma=4.0)
 
 
 def tools(slow_batch: int) -> dict:
-    """name -> (function of a [B, H, W] float64 batch, how many maps of the batch it is given)."""
+    """name -> (function of a [B, H, W] float64 batch, how many maps of the batch it is given, the
+    function's (H0 pairs, H1 pairs) on one map, essential classes included), checked against ours
+    before any timing: a tool called wrongly (another construction, a missing dimension) stops the
+    run instead of being timed."""
+
+    def ours_counts(a):
+        d = cubical_persistence(a[None], num_threads=1)
+        return int((d.dim == 0).sum()), int((d.dim == 1).sum())
+
     out = {
-        "ours_1thread": (lambda m: cubical_persistence(m, num_threads=1), None),
-        "ours_all_threads": (lambda m: cubical_persistence(m), None),
+        "ours_1thread": (lambda m: cubical_persistence(m, num_threads=1), None, ours_counts),
+        "ours_all_threads": (lambda m: cubical_persistence(m), None, ours_counts),
     }
     try:
         import gudhi
         from gudhi.sklearn.cubical_persistence import CubicalPersistence
 
         fast = CubicalPersistence(homology_dimensions=[0, 1], n_jobs=1)
-        out["gudhi_fast_path"] = (lambda m: fast.fit_transform(list(m)), None)
+        out["gudhi_fast_path"] = (
+            lambda m: fast.fit_transform(list(m)), None, lambda a: tuple(len(x) for x in fast.fit_transform([a])[0])
+        )  # fmt: skip
+
+        def complex_of(a):
+            cc = gudhi.CubicalComplex(top_dimensional_cells=a)
+            cc.compute_persistence(homology_coeff_field=2, min_persistence=0)
+            return cc
 
         def cubical_complex(m):
             for a in m:
-                cc = gudhi.CubicalComplex(top_dimensional_cells=a)
-                cc.compute_persistence(homology_coeff_field=2, min_persistence=0)
-                cc.cofaces_of_persistence_pairs()
+                complex_of(a).cofaces_of_persistence_pairs()
 
-        out["gudhi_CubicalComplex"] = (cubical_complex, slow_batch)
+        def complex_counts(a):
+            cc = complex_of(a)
+            return tuple(len(cc.persistence_intervals_in_dimension(d)) for d in (0, 1))
+
+        out["gudhi_CubicalComplex"] = (cubical_complex, slow_batch, complex_counts)
     except ImportError:
         print("gudhi (with scikit-learn) not installed: skipping the GUDHI columns")
     try:
         import cripser
 
-        out["cubicalripser"] = (lambda m: [cripser.computePH(a, maxdim=1, top_dim=True) for a in m], slow_batch)
+        # computePH_T: construction T (top-dimensional cells), as ours and GUDHI's; computePH with
+        # top_dim=True computes another complex (no H0, the V construction's H1 on our maps).
+        def ripser_counts(a):
+            r = np.asarray(cripser.computePH_T(a, maxdim=1))
+            return int((r[:, 0] == 0).sum()), int((r[:, 0] == 1).sum())
+
+        out["cubicalripser"] = (lambda m: [cripser.computePH_T(a, maxdim=1) for a in m], slow_batch, ripser_counts)
     except ImportError:
         print("cripser not installed: skipping the CubicalRipser column")
+    return out
+
+
+def check_pair_counts(table: dict, maps: np.ndarray, label: str) -> None:
+    """Every tool's H0 and H1 pair counts on the first map equal ours, or the run stops."""
+    want = table["ours_1thread"][2](maps[0])
+    for name, (_, _, counts) in table.items():
+        got = counts(maps[0])
+        if tuple(got) != tuple(want):
+            raise SystemExit(f"{name} on {label}: (H0, H1) pairs {tuple(got)}, ours {tuple(want)}: not the same "
+                             "complex, so not timed")  # fmt: skip
+
+
+def scaling_exponents(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per kind and tool, the exponent ``k`` of ``ms ~ pixels**k``, least squares over the sizes."""
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        sub = [r for r in rows if r["kind"] == kind]
+        if len(sub) < 2:
+            continue
+        x = np.log([r["size"] ** 2 for r in sub])
+        row = {"kind": kind}
+        for name in names:
+            y = np.log([r[f"{name}_ms"] for r in sub])
+            row[f"{name}_exponent"] = float(np.polyfit(x, y, 1)[0])
+        out.append(row)
     return out
 
 
@@ -198,7 +254,7 @@ def main() -> None:
     ap.add_argument("--slow-batch", type=int, default=4, help="maps given to the 100x slower tools")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
-    ap.add_argument("--kinds", nargs="+", default=["smooth", "noise"], choices=["smooth", "noise"])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/persistence_cpu.json)")
     ap.add_argument("--gpu", action="store_true", help="time the GPU backends (see above)")
@@ -212,16 +268,18 @@ def main() -> None:
         return
 
     rows = []
+    table = tools(args.slow_batch)
     for size in args.sizes:
         for kind in args.kinds:
             maps = make_maps(kind, args.batch, size, args.seed)
+            check_pair_counts(table, maps, f"{kind} {size}x{size}")
             row = {"size": size, "kind": kind, "batch": args.batch}
-            for name, (fn, n) in tools(args.slow_batch).items():
+            for name, (fn, n, _) in table.items():
                 sub = maps if n is None else maps[:n]
                 seconds = median_seconds(lambda fn=fn, sub=sub: fn(sub), repeats=args.repeats)
                 row[f"{name}_ms"] = seconds / len(sub) * 1e3
             base = row["ours_1thread_ms"]
-            for name in tools(args.slow_batch):
+            for name in table:
                 if name != "ours_1thread":
                     row[f"{name}_ratio"] = row[f"{name}_ms"] / base
             rows.append(row)
@@ -229,7 +287,11 @@ def main() -> None:
     columns = ["size", "kind"] + [k for k in rows[0] if k.endswith("_ms") or k.endswith("_ratio")]
     print("\nms per map (H0 + H1, sublevel, construction T); ratio = tool ms / ours 1-thread ms")
     print_table(rows, columns)
-    write_results("persistence_cpu", "cubical_persistence H0+H1 sublevel T", args, rows)
+    exponents = scaling_exponents(rows, list(table))
+    if exponents:
+        print("\nscaling: ms ~ pixels**k, k fitted over the sizes")
+        print_table(exponents, list(exponents[0]))
+    write_results("persistence_cpu", "cubical_persistence H0+H1 sublevel T", args, rows + exponents)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,18 @@ torch uses every core for both. Median of repeats after a warm-up (the reference
 reference stays on the CPU, as released; JSON ``refine_<device type>.json``.
 
     python benchmarks/bench_refine.py [--channels 64 256] [--batch 8] [--ref-images 2] [--repeats 3] [--device cpu]
-        [--head-backends auto torch triton]
+        [--head-backends auto torch triton] [--precisions fp32 bf16]
+
+``--precisions fp32 bf16``: a row per ``HeadConfig.precision``, with its mask agreement and speed-up
+against the fp32 row of the same run, and the minor page faults per image (``getrusage``).
+PatchCore's width: ``--channels 1536 --ref-images 0`` (the reference's head takes minutes there).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 
@@ -32,7 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 # isort: on
 
-from topoot_gpu import HeadConfig, pseudo_labels, refine  # noqa: E402
+from topoot_gpu import HeadConfig, RefineConfig, pseudo_labels, refine  # noqa: E402
+from topoot_gpu.head.config import PRECISIONS  # noqa: E402
 from topoot_gpu.refinement import reference  # noqa: E402
 from topoot_gpu.testing import blob_maps  # noqa: E402
 
@@ -65,13 +71,17 @@ def main() -> None:
     ap.add_argument("--low", type=int, default=28, help="feature grid side (default 28)")
     ap.add_argument("--channels", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--ref-images", type=int, default=2)
+    ap.add_argument("--ref-images", type=int, default=2, help="images the reference runs on (0: no reference)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="the torch device refine runs on (cpu, cuda)")
     ap.add_argument(
         "--head-backends", nargs="+", default=["auto"], help="head backends of refine, a row each (default auto)"
     )
+    ap.add_argument(
+        "--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
+        help="HeadConfig.precision, a row each; agreement and speed-up against fp32 (default fp32)",
+    )  # fmt: skip
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/refine_<device>.json)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -83,43 +93,55 @@ def main() -> None:
     for C in args.channels:
         features = rng.standard_normal((args.batch, C, args.low, args.low)).astype(np.float32)
         n_ref = min(args.ref_images, args.batch)
-        ref = reference.refine(maps[:n_ref], features[:n_ref], seed=args.seed)
-        ref_s = sum(ref.seconds.values()) / n_ref
+        ref = reference.refine(maps[:n_ref], features[:n_ref], seed=args.seed) if n_ref else None
+        ref_s = sum(ref.seconds.values()) / n_ref if n_ref else None
         maps_on, features_on = torch.from_numpy(maps).to(device), torch.from_numpy(features).to(device)
+        fp32_masks = None
         for head_backend in args.head_backends:
-            runs: list = []
+            for precision in args.precisions:
+                config = RefineConfig(head=HeadConfig(precision=precision))
+                runs: list = []
 
-            def run_fast(maps_on=maps_on, features_on=features_on, runs=runs, head_backend=head_backend):
-                # refine synchronises before returning
-                runs.append(refine(maps_on, features_on, seed=args.seed, head_backend=head_backend))
+                def run_fast(runs=runs, head_backend=head_backend, config=config, x=maps_on, f=features_on):
+                    # refine synchronises before returning
+                    runs.append(refine(x, f, seed=args.seed, head_backend=head_backend, config=config))
 
-            fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch
-            fast = runs[-1]
-            fast_mask, fast_label = fast.mask.cpu().numpy(), fast.pseudo_label.cpu().numpy()
-            head_s = statistics.median(r.seconds["head"] for r in runs[1:]) / args.batch  # warm-up excluded
-            flops = head_flops(HeadConfig(), C, args.low, args.size)
-            rows.append(
-                {
-                    "channels": C,
-                    "head_backend": head_backend,
-                    "size": args.size,
-                    "batch": args.batch,
-                    "reference_s_per_image": ref_s,
-                    "reference_selection_s": ref.seconds["selection"] / n_ref,
-                    "reference_head_s": ref.seconds["head"] / n_ref,
-                    "refine_s_per_image": fast_s,
-                    "refine_selection_s": statistics.median(r.seconds["selection"] for r in runs[1:]) / args.batch,
-                    "refine_head_s": head_s,
-                    "reference_images_per_s": 1.0 / ref_s,
-                    "refine_images_per_s": 1.0 / fast_s,
-                    "ratio": ref_s / fast_s,
-                    "mask_agreement": float((ref.mask == fast_mask[:n_ref]).mean()),
-                    "labels_identical": bool(np.array_equal(ref.pseudo_label, fast_label[:n_ref])),
-                    "head_gflop_per_image": flops / 1e9,
-                    "head_gflop_per_s": flops / head_s / 1e9,
-                }
-            )
-            print(f"C={C} head_backend={head_backend}: done", flush=True)
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+                fast = runs[-1]
+                fast_mask, fast_label = fast.mask.cpu().numpy(), fast.pseudo_label.cpu().numpy()
+                if precision == "fp32" and fp32_masks is None:
+                    fp32_masks, fp32_s = fast_mask, fast_s
+                head_s = statistics.median(r.seconds["head"] for r in runs[1:]) / args.batch  # warm-up excluded
+                flops = head_flops(HeadConfig(), C, args.low, args.size)
+                rows.append(
+                    {
+                        "channels": C,
+                        "head_backend": head_backend,
+                        "precision": precision,
+                        "size": args.size,
+                        "batch": args.batch,
+                        "reference_s_per_image": ref_s,
+                        "reference_selection_s": ref.seconds["selection"] / n_ref if ref else None,
+                        "reference_head_s": ref.seconds["head"] / n_ref if ref else None,
+                        "refine_s_per_image": fast_s,
+                        "refine_selection_s": statistics.median(r.seconds["selection"] for r in runs[1:]) / args.batch,
+                        "refine_head_s": head_s,
+                        "reference_images_per_s": 1.0 / ref_s if ref else None,
+                        "refine_images_per_s": 1.0 / fast_s,
+                        "ratio": ref_s / fast_s if ref else None,
+                        "mask_agreement": float((ref.mask == fast_mask[:n_ref]).mean()) if ref else None,
+                        "labels_identical": bool(np.array_equal(ref.pseudo_label, fast_label[:n_ref])) if ref else None,
+                        # against this run's first fp32 row (the same maps, features and seed)
+                        "agreement_with_fp32": None if fp32_masks is None else float((fast_mask == fp32_masks).mean()),
+                        "speedup_over_fp32": None if fp32_masks is None else fp32_s / fast_s,
+                        "minor_faults_per_image": faults / ((args.repeats + 1) * args.batch),
+                        "head_gflop_per_image": flops / 1e9,
+                        "head_gflop_per_s": flops / head_s / 1e9,
+                    }
+                )
+                print(f"C={C} head_backend={head_backend} precision={precision}: done", flush=True)
     grid = f"{args.size}x{args.size} maps, features [C, {args.low}, {args.low}]"
     print(f"\nrefine ({device}) vs reference pipeline (cpu), {grid}")
     print_table(
@@ -127,11 +149,15 @@ def main() -> None:
         [
             "channels",
             "head_backend",
+            "precision",
             "reference_s_per_image",
             "refine_s_per_image",
             "ratio",
             "refine_images_per_s",
             "mask_agreement",
+            "agreement_with_fp32",
+            "speedup_over_fp32",
+            "minor_faults_per_image",
             "head_gflop_per_s",
         ],
     )

@@ -141,6 +141,53 @@ def test_head_matches_the_released_head(rng, features_kind):
         assert agreement >= AGREEMENT, f"image {b}: {agreement:.5f} of pixels agree"
 
 
+#: HeadConfig.precision: a mode is offered only if its masks agree with fp32's on this share of
+#: the pixels of the parity suite (issue 18).
+PRECISION_AGREEMENT = 0.995
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("features_kind", ["backbone", "full_resolution", "map"])
+def test_bf16_masks_agree_with_fp32(rng, features_kind, backend, monkeypatch):
+    from topoot_gpu.head import training
+
+    h, w = (int(x) for x in rng.integers(24, 48, size=2))
+    maps, labels = _images(rng, 3, h, w)
+    B = len(labels)
+    if features_kind == "backbone":
+        features = torch.from_numpy(rng.normal(size=(B, 24, h // 4 + 1, w // 4 + 1))).float()
+    elif features_kind == "full_resolution":
+        features = torch.from_numpy(rng.normal(size=(B, 16, h, w))).float()
+    else:
+        features = map_features(torch.from_numpy(normalise_maps(maps)))
+    seed = int(rng.integers(0, 2**40))
+    exact = train_heads(features, labels, seed=seed, backend=backend)
+    embedded, embed = [], training._embed
+
+    def spy(*args):
+        e = embed(*args)
+        embedded.append(e.dtype)
+        return e
+
+    monkeypatch.setattr(training, "_embed", spy)
+    fast = train_heads(features, labels, seed=seed, backend=backend, config=HeadConfig(precision="bf16"))
+    assert embedded and set(embedded) == {torch.bfloat16}, "the products did not run in bfloat16"
+    agreement = (fast == exact).double().mean().item()
+    assert agreement >= PRECISION_AGREEMENT, f"{agreement:.5f} of pixels agree with fp32"
+
+
+def test_precision_errors():
+    labels = torch.zeros(2, 8, 8, dtype=torch.bool)
+    labels[:, 2:5, 2:5] = True
+    bf16 = HeadConfig(precision="bf16")
+    with pytest.raises(ValueError, match="^precision:"):
+        HeadConfig(precision="tf32")
+    with pytest.raises(ValueError, match="^precision: 'bf16' needs float32"):
+        train_heads(torch.zeros(2, 3, 8, 8, dtype=torch.float64), labels, config=bf16)
+    with pytest.raises(ValueError, match="^precision: 'bf16' is not taken by the reference"):
+        train_heads(torch.zeros(2, 3, 8, 8), labels, config=bf16, backend="reference")
+
+
 def test_torch_backend_gives_the_cpp_masks(rng):
     maps, labels = _images(rng, 2, 40, 36)
     features = torch.from_numpy(rng.normal(size=(len(labels), 8, 10, 9))).float()

@@ -85,7 +85,18 @@ def train_heads(
         raise ValueError(f"labels: empty dimension in shape {tuple(labels.shape)}")
     backends.resolve(KERNEL, backend, labels.device)  # a backend/device mismatch first, before any data check
     features = check_features(features, batch=labels.shape[0], device=labels.device)
+    check_precision(config, backend, features.dtype)
     return train(features, labels, config=config, seed=seed, backend=backend, num_threads=threads)
+
+
+def check_precision(config: HeadConfig, backend: str, dtype: torch.dtype) -> None:
+    """A ``ValueError`` (naming ``precision``) where :attr:`HeadConfig.precision` cannot apply."""
+    if config.precision == "fp32":
+        return
+    if backend == "reference":
+        raise ValueError(f"precision: {config.precision!r} is not taken by the reference head (the released one)")
+    if dtype != torch.float32:
+        raise ValueError(f"precision: {config.precision!r} needs float32 features, got {dtype}")
 
 
 def train(

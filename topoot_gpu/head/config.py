@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from ..core.validation import check_int, check_number
 
+#: The head's matrix-product precisions (:attr:`HeadConfig.precision`).
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -33,6 +36,15 @@ class HeadConfig:
             images are trained in as many sub-batches as needed (:func:`topoot_gpu.head.api.bytes_per_image`; a head
             gives the same mask in any batch), and one image that alone needs more raises a
             ``ValueError`` saying how much.
+        precision: the MLP's matrix products: ``"fp32"`` (default: in the features' dtype,
+            exactly the SPEC's head) or ``"bf16"`` (bfloat16 products with float32 accumulation
+            through ``torch.autocast``, on float32 features; the weights, Adam and both losses stay in
+            float32). Not part of the SPEC: faster where the hardware multiplies bfloat16 natively
+            (CPUs with AVX-512 BF16 or AMX through oneDNN, recent GPUs), and the masks agree with
+            ``"fp32"``'s on at least 99.5% of the pixels of the head's parity suite (measured:
+            ``tests/test_head.py``, README "Refine"), not bit for bit. Not taken by the
+            ``"reference"`` backend, which is the released head as it is. TF32 is not offered until
+            its agreement has been measured on a GPU.
     """
 
     embed_dim: int = 128
@@ -48,6 +60,7 @@ class HeadConfig:
     ot_weight: float = 0.5
     contrastive_weight: float = 0.5
     max_memory: int | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # Numbers (numpy scalars too) are stored as Python ints and floats.
@@ -59,6 +72,8 @@ class HeadConfig:
             object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0))
         base = check_number("entropy_base", self.entropy_base, minimum=1, strict=True)
         object.__setattr__(self, "entropy_base", base)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
         if self.max_memory is not None:
             object.__setattr__(self, "max_memory", check_int("max_memory", self.max_memory, minimum=1))
 

@@ -50,11 +50,22 @@ def _train(
         weight = _pair_weights(seed, epoch, 2 * P, config.pair_batch, device)
         weight = (config.contrastive_weight * weight).to(dtype).expand(B, 2 * P)
         opt.zero_grad(set_to_none=True)
-        loss = head_loss(_embed(params, rows, grid), y, partner, weight, config, threads)
+        with _products(config.precision, device):
+            e = _embed(params, rows, grid)
+        loss = head_loss(e.to(dtype), y, partner, weight, config, threads)
         loss.sum().backward()
         opt.step()
     with torch.no_grad():
-        return nearest_prototype(_embed(params, rows, grid), yf)
+        with _products(config.precision, device):
+            e = _embed(params, rows, grid)
+        return nearest_prototype(e.to(dtype), yf)
+
+
+def _products(precision: str, device: torch.device):
+    """The MLP's products in ``precision`` (:attr:`HeadConfig.precision`): ``"bf16"`` is autocast to
+    bfloat16 (products, GELU and resizing; float32 accumulation inside the products), the losses
+    and Adam stay in the features' dtype; ``"fp32"`` changes nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _pair_weights(seed: int, epoch: int, n_pairs: int, pair_batch: int, device) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from ..core import backends
 from ..core.maps import normalise_maps, normalised_map_features
 from ..core.validation import check_config, check_features, check_maps, check_seed, check_threads
-from ..head.api import train
+from ..head.api import check_precision, train
 from ..selection.api import resolve_backends, select
 from .config import RefineConfig, RefineResult
 
@@ -66,6 +66,8 @@ def refine(
     head_backend, _ = backends.resolve("train_heads", head_backend, device, "head_backend")
     if features is not None:
         features = check_features(features, batch=B, device=device, squeezed=batch.squeezed)
+    # Before the selection's work: map features (features=None) are float32.
+    check_precision(config.head, head_backend, torch.float32 if features is None else features.dtype)
     seconds = {}
     t0 = time.perf_counter()
     labels, candidates, _ = select(batch, config.selection, run)
