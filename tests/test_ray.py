@@ -16,7 +16,7 @@ from topoot_gpu import refine
 from topoot_gpu.cli import main
 from topoot_gpu.ray import Refiner, refine_ray
 from topoot_gpu.refinement.files import input_files, output_names
-from topoot_gpu.testing import ARCHIVE_MAPS, blob_maps, manifest_entries, written_masks
+from topoot_gpu.testing import ARCHIVE_MAPS, blob_maps, check_archive_outputs, written_masks
 
 
 @pytest.fixture(scope="session")
@@ -39,22 +39,6 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
-def _check(out, expected, done, skipped=0):
-    written = written_masks(out)
-    assert set(written) == set(expected)
-    for name, mask in expected.items():
-        assert np.array_equal(written[name], mask), name
-    entries = manifest_entries(out)
-    assert len(entries) == ARCHIVE_MAPS + 1
-    assert len({(e["input"], e["name"]) for e in entries}) == ARCHIVE_MAPS + 1, "an entry twice"
-    assert sum(e["status"] == "done" for e in entries) == done
-    assert sum(e["status"] == "skipped" for e in entries) == skipped
-    (bad,) = [e for e in entries if e["status"] == "failed"]
-    assert bad["input"].endswith("corrupt.npy") and bad["name"] is None and bad["error"]
-    assert not list(out.glob(".*.tmp"))
-    return entries
-
-
 @pytest.mark.parametrize("batch_size,actors", [(1, None), (7, 2)])
 def test_refine_ray_gives_refines_masks_and_resumes(ray_session, archive, tmp_path, batch_size, actors):
     folder, expected = archive
@@ -62,7 +46,7 @@ def test_refine_ray_gives_refines_masks_and_resumes(ray_session, archive, tmp_pa
     gpus = None if actors is None else 0  # None: the declared GPU, one actor on it
     s = refine_ray(folder, out, batch_size=batch_size, actors=actors, gpus_per_actor=gpus, seed=5)
     assert (s.done, s.skipped, s.failed) == (ARCHIVE_MAPS, 0, 1)
-    entries = _check(out, expected, done=ARCHIVE_MAPS)
+    entries = check_archive_outputs(out, expected, done=ARCHIVE_MAPS)
     done = next(e for e in entries if e["status"] == "done")
     assert done["mask_pixels"] == int(written_masks(out)[done["name"]].sum())
     assert done["device"] == "cpu"  # "auto" without CUDA, on the actor given the declared GPU
@@ -78,7 +62,7 @@ def test_refine_ray_gives_refines_masks_and_resumes(ray_session, archive, tmp_pa
     (out / ".m04_mask.npy.abc.tmp").write_bytes(b"half")
     resumed = refine_ray(folder, out, batch_size=batch_size, actors=actors, gpus_per_actor=gpus, seed=5)
     assert (resumed.done, resumed.skipped, resumed.failed) == (4, ARCHIVE_MAPS - 4, 1)
-    _check(out, expected, done=4, skipped=ARCHIVE_MAPS - 4)
+    check_archive_outputs(out, expected, done=4, skipped=ARCHIVE_MAPS - 4)
 
 
 def test_refiner_as_a_stage_of_a_users_pipeline(ray_session, tmp_path, rng):
@@ -123,7 +107,7 @@ def test_topoot_refine_ray_on_the_connected_cluster(ray_session, archive, tmp_pa
     status = main(["refine", str(folder), "--out", str(out), "--seed", "5", "--ray", "auto", "--batch-size", "4",
                    "--quiet"])  # fmt: skip
     assert status == 1  # the corrupt file failed, as it should
-    _check(out, expected, done=ARCHIVE_MAPS)
+    check_archive_outputs(out, expected, done=ARCHIVE_MAPS)
     err = capsys.readouterr().err
     assert "corrupt.npy" in err
 

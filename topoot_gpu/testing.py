@@ -182,6 +182,25 @@ def manifest_entries(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
+def check_archive_outputs(out: Path, expected: dict[str, np.ndarray], *, done: int, skipped: int = 0) -> list[dict]:
+    """Assert that ``out`` holds exactly the ``expected`` masks of :func:`write_map_archive`'s folder
+    and a manifest with one entry per map and one for the corrupt file, ``done`` and ``skipped`` of
+    them so, nothing twice, no temporary file left. Returns the entries."""
+    written = written_masks(out)
+    assert set(written) == set(expected)
+    for name, mask in expected.items():
+        assert np.array_equal(written[name], mask), name
+    entries = manifest_entries(out)
+    assert len(entries) == ARCHIVE_MAPS + 1
+    assert len({(e["input"], e["name"]) for e in entries}) == ARCHIVE_MAPS + 1, "an entry twice"
+    assert sum(e["status"] == "done" for e in entries) == done
+    assert sum(e["status"] == "skipped" for e in entries) == skipped
+    (bad,) = [e for e in entries if e["status"] == "failed"]
+    assert bad["input"].endswith("corrupt.npy") and bad["name"] is None and bad["error"]
+    assert not list(out.glob(".*.tmp"))
+    return entries
+
+
 def diagram_rows(d: Diagrams) -> list[tuple]:
     """Every pair as (image, dim, birth, death, birth pixel, death pixel), sorted: two backends agree
     exactly when these lists are equal."""
