@@ -324,11 +324,11 @@ TOPOOT_INLINE void lower_masks_impl(const T* __restrict v, int64_t H, int64_t W,
   for (int64_t i = 1; i <= H; ++i) flags[i * Wp] = flags[i * Wp + W + 1] = 0;
 }
 
-TOPOOT_TARGET_CLONES void lower_masks_f32(const float* v, int64_t H, int64_t W, uint8_t* rel, uint8_t* up,
+TOPOOT_TARGET_CLONES_EXACT void lower_masks_f32(const float* v, int64_t H, int64_t W, uint8_t* rel, uint8_t* up,
                                           uint8_t* down, uint8_t* flags) {
   lower_masks_impl(v, H, W, rel, up, down, flags);
 }
-TOPOOT_TARGET_CLONES void lower_masks_f64(const double* v, int64_t H, int64_t W, uint8_t* rel, uint8_t* up,
+TOPOOT_TARGET_CLONES_EXACT void lower_masks_f64(const double* v, int64_t H, int64_t W, uint8_t* rel, uint8_t* up,
                                           uint8_t* down, uint8_t* flags) {
   lower_masks_impl(v, H, W, rel, up, down, flags);
 }

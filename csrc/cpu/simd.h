@@ -10,8 +10,12 @@
 // at load time on CPUs that have it, and the baseline build.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__APPLE__)
 #define TOPOOT_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+// For loops of comparisons and bit operations only (exact whatever the instructions, so no
+// floating-point contraction can differ between clones): an AVX-512 clone too.
+#define TOPOOT_TARGET_CLONES_EXACT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define TOPOOT_TARGET_CLONES
+#define TOPOOT_TARGET_CLONES_EXACT
 #endif
 
 // Helpers called from a cloned function must be inlined into it, or the
