@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import shutil
 import subprocess
 import tempfile
@@ -177,8 +178,6 @@ def written_masks(out: Path) -> dict[str, np.ndarray]:
 
 
 def manifest_entries(out: Path) -> list[dict]:
-    import json
-
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 

@@ -217,6 +217,30 @@ def write_mask(out_dir: Path, name: str, mask: np.ndarray) -> tuple[Path, Path]:
     return npy, png
 
 
+def output_folder(out_dir: str | os.PathLike, *, clear_stale: bool) -> Path:
+    """``out_dir``, created (a ``ValueError`` naming ``out_dir`` if it cannot be); with
+    ``clear_stale``, the temporary files a killed run left half-written are removed."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out_dir: cannot create {out} ({e.strerror or e})") from e
+    if clear_stale:
+        for stale in out.glob(".*_mask.*.tmp"):
+            stale.unlink(missing_ok=True)
+    return out
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device`` that works here, or a ``ValueError`` naming ``device``."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except Exception as e:  # an unknown device, or CUDA on a CPU-only torch (an AssertionError)
+        raise ValueError(f"device: {device!r} is not available ({e})") from e
+    return dev
+
+
 def output_names(files: list[Path]) -> dict[int, str]:
     """A distinct base name per file (its stem; ``_2``, ``_3``, ... for a later file with the same
     stem), fixed from the whole input list, so every shard and every run names outputs alike."""
@@ -286,20 +310,10 @@ def refine_files(
     batch_size = check_int("batch_size", batch_size, minimum=1)
     num_workers = check_int("num_workers", num_workers, minimum=0)
     seed = check_seed(seed)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out_dir: cannot create {out} ({e.strerror or e})") from e
+    # Other ranks may be writing now: only a single process clears what a killed run left.
+    out = output_folder(out_dir, clear_stale=not distributed)
     rank, world, device = _distributed_setup(device) if distributed else (0, 1, device)
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except Exception as e:  # an unknown device, or CUDA on a CPU-only torch (an AssertionError)
-        raise ValueError(f"device: {device!r} is not available ({e})") from e
-    if not distributed:  # what a killed run left half-written (other ranks may be writing now)
-        for stale in out.glob(".*_mask.*.tmp"):
-            stale.unlink(missing_ok=True)
+    dev = check_device(device)
     files = input_files(inputs)
     names = output_names(files)
     rows = feature_rows(files, features) if features is not None else None

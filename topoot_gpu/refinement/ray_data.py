@@ -55,16 +55,19 @@ from .files import (
     MANIFEST,
     FilesSummary,
     ManifestWriter,
+    check_device,
     flush,
     folder_feature_rows,
     input_files,
     load_maps,
+    output_folder,
     output_names,
     queue_maps,
 )
 
 
 def _features_folder(features: Any) -> Path | None:
+    """The per-input features folder, absolute (actors may start elsewhere), or None."""
     if features is None:
         return None
     path = Path(features)
@@ -73,19 +76,14 @@ def _features_folder(features: Any) -> Path | None:
             f"features: {features} is not a folder: with Ray, features come as one file per input "
             "(<input stem>.npy, [C, h, w] or [N, C, h, w]), read by the actor with its input"
         )
-    return path
+    return path.resolve()
 
 
 def _device(device: str) -> torch.device:
     """``"auto"``: the GPU Ray gave this actor (``CUDA_VISIBLE_DEVICES``), or the CPU without one."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except Exception as e:
-        raise ValueError(f"device: {device!r} is not available ({e})") from e
-    return dev
+    return check_device(device)
 
 
 class Refiner:
@@ -130,11 +128,7 @@ class Refiner:
         folder = _features_folder(features)
         self.features = None if folder is None else folder_feature_rows(folder)
         self.device = _device(device)
-        self.out = Path(out_dir)
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"out_dir: cannot create {self.out} ({e.strerror or e})") from e
+        self.out = output_folder(out_dir, clear_stale=False)  # other actors may be writing now
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         entries: list[str] = []
@@ -210,15 +204,10 @@ def refine_ray(
     if gpus_per_actor is not None:
         gpus_per_actor = check_number("gpus_per_actor", gpus_per_actor, minimum=0)
     if device != "auto":
-        _device(device)  # the driver's check; the actors resolve "auto" on their own nodes
-    _features_folder(features)
-    out = Path(out_dir).resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out_dir: cannot create {out} ({e.strerror or e})") from e
-    for stale in out.glob(".*_mask.*.tmp"):  # what a killed run left half-written
-        stale.unlink(missing_ok=True)
+        check_device(device)  # the driver's check; the actors resolve "auto" on their own nodes
+    folder = _features_folder(features)
+    features = None if folder is None else str(folder)
+    out = output_folder(Path(out_dir).resolve(), clear_stale=True)
     files = input_files(inputs)
     names = output_names(files)
     start = time.perf_counter()
@@ -256,7 +245,6 @@ def _run(ray, readable, out, manifest, read, total, start, progress, *, actors, 
     if actors is None:
         actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1
     refine_kwargs = {"out_dir": str(out), "names": readable, **refiner}
-    refine_kwargs["features"] = None if refiner["features"] is None else str(Path(refiner["features"]).resolve())
     ds = ray.data.read_binary_files(list(readable), include_paths=True)
     ds = ds.map_batches(
         Refiner, fn_constructor_kwargs=refine_kwargs, batch_size=refiner["batch_size"],
