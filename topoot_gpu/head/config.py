@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.validation import check_int, check_number
+from ..core.validation import check_choice, check_int, check_number
 
 #: The head's matrix-product precisions (:attr:`HeadConfig.precision`).
 PRECISIONS = ("fp32", "bf16")
@@ -72,8 +72,7 @@ class HeadConfig:
             object.__setattr__(self, name, check_number(name, getattr(self, name), minimum=0))
         base = check_number("entropy_base", self.entropy_base, minimum=1, strict=True)
         object.__setattr__(self, "entropy_base", base)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
+        check_choice("precision", self.precision, PRECISIONS)
         if self.max_memory is not None:
             object.__setattr__(self, "max_memory", check_int("max_memory", self.max_memory, minimum=1))
 
