@@ -101,3 +101,16 @@ def test_files_benchmark_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["workers"] for r in rows] == ["-", 0, 1] and all(r["maps_per_s"] > 0 for r in rows)
+
+
+def test_head_precision_agreement_runs(tmp_path):
+    """``benchmarks/head_precision_agreement.py`` end to end on one seed."""
+    out = tmp_path / "agreement.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "head_precision_agreement.py"), "--seeds", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["features"] for r in rows] == ["backbone", "full_resolution", "map"]
+    assert all(0.99 <= r["worst_image_agreement"] <= r["batch_agreement"] <= 1 for r in rows)
