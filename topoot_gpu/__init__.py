@@ -1,16 +1,18 @@
 """topoot_gpu: persistence-and-transport kernels for TopoOT anomaly segmentation.
 
 One sub-package per pipeline stage (``persistence``, ``transport``, ``selection``, ``head``,
-``refinement``) over a shared ``core``; each stage's ``api`` module checks its arguments once and
-dispatches through the one backend table (:mod:`topoot_gpu.core.backends`) to one module per
-backend, and its ``reference`` module is the plain GUDHI / POT / PyTorch version everything is
-checked against. The public functions are re-exported here.
+``refinement``; ``topology`` and ``mebin`` beside them) over a shared ``core``; each stage's
+``api`` module checks its arguments once and dispatches through the one backend table
+(:mod:`topoot_gpu.core.backends`) to one module per backend, and its ``reference`` module is the
+plain GUDHI / POT / PyTorch version everything is checked against. The public functions are
+re-exported here.
 """
 
 from .core.allocator import keep_freed_memory
 from .core.maps import map_features
 from .head.api import train_heads
 from .head.config import HeadConfig
+from .mebin.api import mebin_counts, mebin_thresholds
 from .persistence.api import cubical_persistence
 from .persistence.diagrams import Diagrams
 from .refinement import op as _op  # noqa: F401  (registers torch.ops.topoot.refine)
@@ -51,6 +53,8 @@ __all__ = [
     "diagram_distance",
     "keep_freed_memory",
     "map_features",
+    "mebin_counts",
+    "mebin_thresholds",
     "partial_persistence",
     "persistence_diagrams",
     "pseudo_labels",

@@ -7,6 +7,9 @@
   folders, globs), write each mask as PNG and ``.npy`` and a manifest, resumably
   (:func:`topoot_gpu.refine_files`); ``--distributed`` under torchrun, ``--ray ADDRESS`` on a Ray
   cluster (:mod:`topoot_gpu.ray`).
+* ``topoot eval --maps DIR --gt DIR``: the TopoOT paper's protocol on maps saved from any model, in
+  the MVTec AD layout: TopoOT, MEBin and a mu + 3 sigma threshold compared, a table, JSON and two
+  pictures (:mod:`topoot_gpu.evaluation`).
 * ``topoot bench``: run the benchmarks of a source checkout and print their tables.
 """
 
@@ -186,6 +189,24 @@ def bench(args: argparse.Namespace) -> int:
     return status
 
 
+def eval_command(args: argparse.Namespace) -> int:
+    from . import evaluation
+
+    try:
+        result = evaluation.evaluate(
+            Path(args.maps), Path(args.gt), methods=tuple(args.method), seed=args.seed, device=args.device,
+            normal_dir=None if args.normal is None else Path(args.normal),
+        )  # fmt: skip
+    except ValueError as e:
+        print(f"topoot eval: {e}", file=sys.stderr)
+        return 2
+    print(evaluation.table(result))
+    if args.out is not None:
+        evaluation.write_outputs(result, Path(args.out))
+        print(f"\nwrote {args.out}/eval.json, pr.png and overlays.png")
+    return 0
+
+
 def _seed(text: str) -> int:
     try:
         seed = int(text)
@@ -234,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", type=_positive, default=None, help="with --ray: refining actors (default: one per GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=refine_command)
+    p = sub.add_parser("eval", help="score TopoOT, MEBin and thresholding on saved maps (MVTec AD layout)")
+    p.add_argument("--maps", required=True, help="maps folder: <defect>/<name>.npy|.npz|.png, good/ for normal images")
+    p.add_argument("--gt", required=True, help="ground-truth folder: <defect>/<name>_mask.png")
+    p.add_argument("--method", nargs="+", choices=("topoot", "mebin", "thr"), default=["topoot", "mebin", "thr"])
+    p.add_argument("--normal", default=None, help="maps of normal images for thr's mu + 3 sigma (default: maps/good)")
+    p.add_argument("--out", default=None, help="folder for eval.json, pr.png and overlays.png")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="cpu", help="torch device of refine and MEBin (default cpu)")
+    p.set_defaults(func=eval_command)
     p = sub.add_parser("bench", help="run the benchmarks (from a source checkout) and print their tables")
     p.add_argument("names", nargs="*", help="benchmarks to run (e.g. refine selection); default all")
     p.add_argument("--dir", default="benchmarks", help="the benchmarks folder (default ./benchmarks)")

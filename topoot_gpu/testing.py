@@ -224,6 +224,57 @@ def persistence_batches(rng: np.random.Generator) -> list[np.ndarray]:
     ]
 
 
+def mebin_batches(rng: np.random.Generator, *, size: tuple[int, int] = (12, 48)) -> list[np.ndarray]:
+    """float32 ``[B, H, W]`` batches for MEBin (sides drawn in ``size``): anomaly-like blobs, scratches
+    and rings, ties and quantised plateaus, smooth noise, a constant image among others, a constant
+    batch, batches whose images all peak at one value, and thin shapes."""
+    h, w = (int(x) for x in rng.integers(size[0], size[1] + 1, size=2))
+    blobs = blob_maps(rng, 3, h, w)
+    same_peak = blobs / blobs.max(axis=(1, 2), keepdims=True)  # every peak 1: the range falls back to the minimum
+    batches = [
+        blobs,
+        np.concatenate([scratch_maps(rng, 1, h, w), ring_maps(rng, 1, h, w), blob_maps(rng, 1, h, w, max_blobs=6)]),
+        tied_maps(rng, 2, h, w, levels=int(rng.integers(2, 6))),
+        quantised_maps(rng, 2, h, w, levels=int(rng.integers(4, 40))),
+        smooth_maps(rng, 2, h, w, sigma=2.0),
+        np.concatenate([blob_maps(rng, 1, h, w), np.full((1, h, w), 0.25)]),  # a constant image in a batch
+        np.full((2, h, w), rng.normal()),  # a constant batch
+        same_peak,
+        blob_maps(rng, 2, 1, int(rng.integers(1, 40))),  # 1 x N
+        blob_maps(rng, 1, int(rng.integers(1, 9)), int(rng.integers(1, 9))),  # tiny, smaller than the kernel
+    ]
+    return [b.astype(np.float32) for b in batches]
+
+
+def write_folder_dataset(root: Path, rng: np.random.Generator, *, size: int = 64, train: int = 8, good: int = 3,
+                         bad: int = 3) -> None:
+    """A small image dataset in the MVTec AD layout, generated (no download): RGB PNG images in
+    ``train/good``, ``test/good`` and ``test/bad`` (a bright square on each ``bad`` image) and their masks
+    ``ground_truth/bad/NNN_mask.png`` (0/255)."""
+    from PIL import Image
+
+    def image(anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
+        x = (100 + 40 * rng.random((size, size, 3))).astype(np.uint8)
+        m = np.zeros((size, size), np.uint8)
+        if anomalous:
+            h = max(2, size // 12)
+            i, j = rng.integers(h, size - h, 2)
+            x[i - h : i + h, j - h : j + h] = 250
+            m[i - h : i + h, j - h : j + h] = 255
+        return x, m
+
+    for sub in ("train/good", "test/good", "test/bad", "ground_truth/bad"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k in range(train):
+        Image.fromarray(image(False)[0]).save(root / "train" / "good" / f"{k:03d}.png")
+    for k in range(good):
+        Image.fromarray(image(False)[0]).save(root / "test" / "good" / f"{k:03d}.png")
+    for k in range(bad):
+        x, m = image(True)
+        Image.fromarray(x).save(root / "test" / "bad" / f"{k:03d}.png")
+        Image.fromarray(m).save(root / "ground_truth" / "bad" / f"{k:03d}_mask.png")
+
+
 def transport_problem(rng: np.random.Generator, n: int, m: int, *, cost: str = "random"):
     """One problem ``(a, b, M)`` (numpy float64, weights summing to one): random costs, or
     ``cost="diagram"``: normalised distances between two random diagrams, as TopoOT builds them."""
