@@ -196,3 +196,18 @@ def test_post_processor_arguments_are_checked():
         PersistenceMEBinPostProcessor(range="global")
     with pytest.raises(ValueError, match="config"):
         TopoOTPostProcessor(config={"head": None})
+
+
+def test_postprocess_benchmark_runs(tmp_path):
+    """``benchmarks/bench_postprocess.py`` end to end on a tiny batch (it checks the masks first)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_postprocess.py"
+    out = tmp_path / "pp.json"
+    args = ["--batch", "3", "--size", "24", "--repeats", "1", "--anomalib-maps", "1", "--out", str(out)]
+    subprocess.run([sys.executable, str(script), *args], check=True, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["mebin_masks_identical"] and len(result["rows"]) == 5
