@@ -17,8 +17,8 @@ namespace {
 
 struct StabilityScratch {
   SinkhornScratch<double> solver;
-  std::vector<double> wa, wb, lu, lv;
-  Buffer<double> cost, plan;  // [n(+1), m(+1)]: uninitialised when they grow (buffer.h)
+  std::vector<double> wa, wb, plan_row;
+  Buffer<double> cost;  // [n(+1), m(+1)]: uninitialised when it grows (buffer.h)
 };
 
 }  // namespace
@@ -81,19 +81,20 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
     for (int64_t e = 0; e < nr * mc; ++e) worst = std::max(worst, std::abs(M[e]));
     SinkhornOptions o = opt;
     o.log_domain = worst / opt.reg > scaling_limit;
-    s.plan.resize(nr * mc);
-    s.lu.resize(nr);
-    s.lv.resize(mc);
+    // Every weight is positive, so the solver's compact problem is this one: the plan is read row
+    // by row from its scalings and never stored (a 10k x 10k plan would be 800 MB).
     double err = 0;
-    sinkhorn_problem_f64(s.solver, s.wa.data(), s.wb.data(), M, nr, mc, o, s.plan.data(), s.lu.data(), s.lv.data(),
-                         n_iter[k], err);
-    const double* plan = s.plan.data();
+    sinkhorn_problem_f64(s.solver, s.wa.data(), s.wb.data(), M, nr, mc, o, nullptr, nullptr, nullptr, n_iter[k], err);
+    poll();
+    s.plan_row.resize(mc);
+    const double* plan = s.plan_row.data();
     for (int64_t i = 0; i < n; ++i) sr[i] = -1;
     for (int64_t j = 0; j < m; ++j) sc[j] = -1;
     for (int64_t i = 0; i < n; ++i) {
       if (i % poll_rows == 0) poll();
+      sinkhorn_plan_row_f64(s.solver, o.log_domain, i, s.plan_row.data());
       for (int64_t j = 0; j < m; ++j) {
-        const double Sij = plan[i * mc + j] / (1.0 + std::sqrt(std::max(M[i * mc + j], 0.0)));
+        const double Sij = plan[j] / (1.0 + std::sqrt(std::max(M[i * mc + j], 0.0)));
         if (Sij > sr[i]) {  // strict: the first maximum wins, as argmax
           sr[i] = Sij;
           cr[i] = M[i * mc + j];

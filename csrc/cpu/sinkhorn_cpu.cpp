@@ -5,7 +5,10 @@
 //
 // Scaling domain = POT sinkhorn_knopp: u = 1/n, K = exp(-M/reg),
 // Kp = (1/a) K; per iteration v = b / K^T u, u = 1 / (Kp v); a zero K^T u or a
-// non-finite scaling reverts to the previous scalings and stops.
+// non-finite scaling reverts to the previous scalings and stops. One pass over K
+// per iteration: row i gives u_i = 1 / (Kp_i . v) and at once adds K_i u_i to the
+// next K^T u, which is also the column sum the convergence check needs. Kp_ij is
+// formed on the fly (the same product, so the same bits) instead of stored.
 // Log domain = POT sinkhorn_log: u = v = 0; v = log b - LSE_i(Mr + u),
 // u = log a - LSE_j(Mr + v), Mr = -M/reg.
 // Both check ||colsum(plan) - b||_2 < stop_thr at iterations 0, 10, 20, ...
@@ -21,27 +24,23 @@
 namespace topoot {
 namespace {
 
-// Dot product with eight independent partial sums: the compiler may not
-// reorder a floating-point reduction itself, and a single accumulator chains
-// every add on the previous one.
+// dot(c * x, y) with eight independent partial sums (the compiler may not reorder a
+// floating-point reduction itself, and one accumulator chains every add on the previous one);
+// each c * x[j] is rounded first, as a stored row of c * x would be.
 template <typename T>
-TOPOOT_INLINE T dot(const T* x, const T* y, int64_t n) {
+TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    for (int t = 0; t < 8; ++t) acc[t] += x[j + t] * y[j + t];
+    for (int t = 0; t < 8; ++t) acc[t] += (c * x[j + t]) * y[j + t];
   }
-  for (; j < n; ++j) acc[0] += x[j] * y[j];
+  for (; j < n; ++j) acc[0] += (c * x[j]) * y[j];
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+// ||col * v - b||_2 with col = K^T u: POT's check on the plan's column sums.
 template <typename T>
-TOPOOT_INLINE T column_error(const T* K, const T* u, const T* v, const T* b, int64_t nr, int64_t mc, T* col) {
-  for (int64_t j = 0; j < mc; ++j) col[j] = 0;
-  for (int64_t i = 0; i < nr; ++i) {
-    const T* Ki = K + i * mc;
-    for (int64_t j = 0; j < mc; ++j) col[j] += u[i] * Ki[j];
-  }
+TOPOOT_INLINE T column_error(const T* col, const T* v, const T* b, int64_t mc) {
   T s = 0;
   for (int64_t j = 0; j < mc; ++j) {
     const T d = col[j] * v[j] - b[j];
@@ -52,21 +51,20 @@ TOPOOT_INLINE T column_error(const T* K, const T* u, const T* v, const T* b, int
 
 template <typename T>
 TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
-  T* K = s.K.data();
-  T* Kp = s.Kp.data();
+  const T* K = s.K.data();
   T* u = s.u.data();
   T* v = s.v.data();
   const T* a = s.a.data();
   const T* b = s.b.data();
-  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
-  for (int64_t i = 0; i < nr; ++i) {
-    if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-    const T inv_a = T(1) / a[i];
-    for (int64_t j = 0; j < mc; ++j) Kp[i * mc + j] = inv_a * K[i * mc + j];
-  }
   for (int64_t i = 0; i < nr; ++i) u[i] = T(1) / static_cast<T>(nr);
   for (int64_t j = 0; j < mc; ++j) v[j] = T(1) / static_cast<T>(mc);
-  T* ktu = s.col.data();
+  T* ktu = s.col.data();  // K^T u of the current u
+  T* next = s.mx.data();  // K^T u of the u being computed
+  for (int64_t j = 0; j < mc; ++j) ktu[j] = 0;
+  for (int64_t i = 0; i < nr; ++i) {
+    const T* Ki = K + i * mc;
+    for (int64_t j = 0; j < mc; ++j) ktu[j] += Ki[j] * u[i];
+  }
   int64_t ii = 0;
   for (int64_t work = 0; ii < opt.max_iter; ++ii) {
     if ((work += nr * mc) >= kPollEntries) {
@@ -75,28 +73,28 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
     }
     std::copy(u, u + nr, s.u_prev.begin());
     std::copy(v, v + mc, s.v_prev.begin());
-    for (int64_t j = 0; j < mc; ++j) ktu[j] = 0;
-    for (int64_t i = 0; i < nr; ++i) {
-      const T* Ki = K + i * mc;
-      for (int64_t j = 0; j < mc; ++j) ktu[j] += Ki[j] * u[i];
-    }
     bool bad = false;
     for (int64_t j = 0; j < mc; ++j) {
       bad |= ktu[j] == 0;
       v[j] = b[j] / ktu[j];
       bad |= !std::isfinite(v[j]);
     }
+    for (int64_t j = 0; j < mc; ++j) next[j] = 0;
     for (int64_t i = 0; i < nr; ++i) {
-      u[i] = T(1) / dot(Kp + i * mc, v, mc);
+      const T* Ki = K + i * mc;
+      u[i] = T(1) / scaled_dot(T(1) / a[i], Ki, v, mc);
       bad |= !std::isfinite(u[i]);
+      const T ui = u[i];
+      for (int64_t j = 0; j < mc; ++j) next[j] += Ki[j] * ui;
     }
     if (bad) {  // machine precision reached: POT keeps the previous scalings
       std::copy(s.u_prev.begin(), s.u_prev.begin() + nr, u);
       std::copy(s.v_prev.begin(), s.v_prev.begin() + mc, v);
       break;
     }
+    std::swap(ktu, next);  // the column sums of the new plan, before its v
     if (ii % 10 == 0) {
-      err = column_error(K, u, v, b, nr, mc, s.mx.data());
+      err = column_error(ktu, v, b, mc);
       if (err < opt.stop_thr) break;
     }
   }
@@ -158,19 +156,28 @@ TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, cons
   niter = std::min(ii, opt.max_iter - 1);
 }
 
+// Entry (i, j) of the plan from the scalings, compact indices: what the padded plan holds.
+template <typename T>
+TOPOOT_INLINE T plan_entry(const SinkhornScratch<T>& s, bool log_domain, int64_t i, int64_t j, int64_t mc) {
+  return log_domain ? exp_fast(s.K[i * mc + j] + s.u[i] + s.v[j]) : s.u[i] * s.K[i * mc + j] * s.v[j];
+}
+
 // One problem, start to finish: gather its real rows and columns, iterate,
-// scatter the plan and scalings back into the padded outputs.
+// scatter the plan and scalings back into the padded outputs (none with a null plan: the
+// scalings stay in the scratch for sinkhorn_plan_row).
 template <typename T>
 TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m,
                           const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
-  for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
-    if (i % poll_fill == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-    std::fill(Pk + i * m, Pk + (i + 1) * m, T(0));
+  if (Pk != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
+      if (i % poll_fill == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+      std::fill(Pk + i * m, Pk + (i + 1) * m, T(0));
+    }
+    std::fill(luk, luk + n, neg_inf);
+    std::fill(lvk, lvk + m, neg_inf);
   }
-  std::fill(luk, luk + n, neg_inf);
-  std::fill(lvk, lvk + m, neg_inf);
   niter = 0;
   errk = 1;
   s.rows.clear();
@@ -186,7 +193,6 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   s.a.resize(nr);
   s.b.resize(mc);
   s.K.resize(nr * mc);
-  s.Kp.resize(nr * mc);
   for (auto* x : {&s.u, &s.u_prev}) x->resize(nr);
   for (auto* x : {&s.v, &s.v_prev, &s.col, &s.mx}) x->resize(mc);
   for (int64_t i = 0; i < nr; ++i) s.a[i] = ak[s.rows[i]];
@@ -207,17 +213,19 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   }
   if (opt.log_domain) {
     solve_log(s, nr, mc, opt, niter, errk);
+    if (Pk == nullptr) return;
     for (int64_t i = 0; i < nr; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;
-      for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = exp_fast(s.K[i * mc + j] + s.u[i] + s.v[j]);
+      for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = plan_entry(s, true, i, j, mc);
     }
     for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = s.u[i];
     for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = s.v[j];
   } else {
     solve_scaling(s, nr, mc, opt, niter, errk);
+    if (Pk == nullptr) return;
     for (int64_t i = 0; i < nr; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;
-      for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = s.u[i] * s.K[i * mc + j] * s.v[j];
+      for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = plan_entry(s, false, i, j, mc);
     }
     for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = std::log(s.u[i]);
     for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = std::log(s.v[j]);
@@ -235,6 +243,12 @@ TOPOOT_TARGET_CLONES void sinkhorn_problem_f64(SinkhornScratch<double>& s, const
                                             int64_t n, int64_t m, const SinkhornOptions& opt, double* Pk,
                                             double* luk, double* lvk, int64_t& niter, double& errk) {
   solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
+}
+
+TOPOOT_TARGET_CLONES void sinkhorn_plan_row_f64(const SinkhornScratch<double>& s, bool log_domain, int64_t i,
+                                             double* row) {
+  const int64_t mc = static_cast<int64_t>(s.cols.size());
+  for (int64_t j = 0; j < mc; ++j) row[j] = plan_entry(s, log_domain, i, j, mc);
 }
 
 template <typename T>

@@ -28,16 +28,22 @@ template <typename T>
 struct SinkhornScratch {
   std::vector<int64_t> rows, cols;
   std::vector<T> a, b, u, v, u_prev, v_prev, col, mx;
-  Buffer<T> K, Kp;  // [rows, cols]: uninitialised when they grow (buffer.h)
+  Buffer<T> K;  // [rows, cols]: uninitialised when it grows (buffer.h)
 };
 
 // One padded problem start to finish (a [n], b [m], M [n, m]; zero weights are padding): plan
 // [n, m], log_u [n], log_v [m], n_iter and err as in sinkhorn_batch. The domain is opt.log_domain.
+// plan == nullptr: no plan and no log scalings are written (nothing of size n x m is touched but
+// the scratch); read the plan row by row with sinkhorn_plan_row_f64 instead.
 void sinkhorn_problem_f32(SinkhornScratch<float>& s, const float* a, const float* b, const float* M, int64_t n,
                           int64_t m, const SinkhornOptions& opt, float* plan, float* log_u, float* log_v,
                           int64_t& n_iter, float& err);
 void sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* a, const double* b, const double* M, int64_t n,
                           int64_t m, const SinkhornOptions& opt, double* plan, double* log_u, double* log_v,
                           int64_t& n_iter, double& err);
+
+// Row i of the plan of the problem last solved in s, for a problem with no zero weight (compact
+// rows and columns = the problem's own): row [m], the same values the padded plan would hold.
+void sinkhorn_plan_row_f64(const SinkhornScratch<double>& s, bool log_domain, int64_t i, double* row);
 
 }  // namespace topoot
