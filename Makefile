@@ -42,11 +42,11 @@ demo: $(VENV)/.runtime
 # pytest (not python -m pytest) so that the installed package is tested, not the source tree.
 test: $(VENV)/.test
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -rs -m "not anomalib"
+	$(BIN)/pytest -q -rs
 	$(MAKE) test-anomalib
 
 test-anomalib: $(ANOMALIB_VENV)/.test
-	$(ABIN)/pytest -q -rs -m anomalib tests/test_anomalib.py
+	$(ABIN)/pytest -q -rs tests/test_anomalib.py
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_persistence.py

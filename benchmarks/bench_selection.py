@@ -1,11 +1,14 @@
 """Pseudo-labels: the plain reference (GUDHI + POT, one map at a time) against the batched path.
 
-Smooth 224x224 maps (Gaussian-blurred noise, sigma 4) and raw-noise 64x64 maps, batch 64, default
-SelectionConfig (the released implementation). The reference runs on the first ``--ref-maps``
-maps (it takes about a quarter of a second per map); ms per map, ratio = reference / ours, and
-whether the labels agree on those maps. Median of repeats after a warm-up.
+Smooth 224x224 maps (Gaussian-blurred noise, sigma 4) and raw-noise 64x64 maps, batch 64, and
+raw-noise 224x224 maps, batch ``--noise-batch`` (2): about 10k sublevel-H1 and 5.6k superlevel-H0
+pairs per level map, so dense transport problems of ~10k x 10k points. Default SelectionConfig
+(the released implementation). The reference runs on the first ``--ref-maps`` maps of each case
+(about a quarter of a second per smooth map, ten seconds per 224x224 noise map); ms per map,
+ratio = reference / ours, and whether the labels agree on those maps. Median of repeats after a
+warm-up (none for the reference).
 
-    python benchmarks/bench_selection.py [--batch 64] [--ref-maps 4] [--repeats 3]
+    python benchmarks/bench_selection.py [--batch 64] [--noise-batch 2] [--ref-maps 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from topoot_gpu.testing import smooth_maps  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--noise-batch", type=int, default=2, help="raw-noise 224x224 maps (0: leave the case out)")
     ap.add_argument("--ref-maps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -40,6 +44,8 @@ def main() -> None:
         "smooth 224x224": smooth_maps(rng, args.batch, 224, 224, sigma=4.0),
         "noise 64x64": rng.random((args.batch, 64, 64)),
     }
+    if args.noise_batch:
+        cases["noise 224x224"] = rng.random((args.noise_batch, 224, 224))
     rows = []
     for name, maps in cases.items():
         ours = median_seconds(lambda maps=maps: pseudo_labels(maps), repeats=args.repeats) / len(maps)

@@ -2,7 +2,8 @@
 
 anomalib needs torchvision, which does not import beside the CPU ``torch==2.13.0`` of the main venv,
 so these tests run in a venv of their own (``make test-anomalib``: torch 2.14.1, torchvision 0.29.1,
-anomalib 2.7.0; part of ``make test``) and the main run deselects them (``-m "not anomalib"``). No
+anomalib 2.7.0; part of ``make test``); a venv without anomalib does not collect this file
+(tests/conftest.py). No
 weights and no data are downloaded: the model is a PatchCore on an untrained ResNet-18, fitted on
 a generated ``Folder`` dataset of PNG images and masks.
 """
@@ -14,21 +15,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from anomalib.data import Folder, ImageBatch, InferenceBatch
+from anomalib.engine import Engine
+from anomalib.models import Patchcore
+from anomalib.post_processing import MEBinPostProcessor, PostProcessor
+from anomalib.post_processing.mebin import mebin_binarize
+from kornia.contrib import connected_components
 
 from topoot_gpu import mebin_counts, mebin_thresholds, refine
-from topoot_gpu.testing import devices, mebin_batches
-
-anomalib = pytest.importorskip("anomalib")  # in the anomalib venv this import cannot fail (make test-anomalib)
-
-from anomalib.data import Folder, ImageBatch, InferenceBatch  # noqa: E402
-from anomalib.engine import Engine  # noqa: E402
-from anomalib.models import Patchcore  # noqa: E402
-from anomalib.post_processing import MEBinPostProcessor, PostProcessor  # noqa: E402
-from anomalib.post_processing.mebin import mebin_binarize  # noqa: E402
-from kornia.contrib import connected_components  # noqa: E402
-
-from topoot_gpu.anomalib import PersistenceMEBinPostProcessor, TopoOTPostProcessor  # noqa: E402
-from topoot_gpu.testing import write_folder_dataset  # noqa: E402
+from topoot_gpu.anomalib import PersistenceMEBinPostProcessor, TopoOTPostProcessor
+from topoot_gpu.testing import devices, mebin_batches, write_folder_dataset
 
 pytestmark = pytest.mark.anomalib
 
