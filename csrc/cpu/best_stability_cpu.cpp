@@ -8,8 +8,8 @@
 #include <limits>
 #include <vector>
 
-#include "buffer.h"
 #include "parallel.h"
+#include "simd.h"
 #include "sinkhorn_cpu.h"
 
 namespace topoot {
@@ -17,25 +17,22 @@ namespace {
 
 struct StabilityScratch {
   SinkhornScratch<double> solver;
-  std::vector<double> wa, wb, plan_row;
-  Buffer<double> cost;  // [n(+1), m(+1)]: uninitialised when it grows (buffer.h)
+  std::vector<double> wa, wb, cost_row, plan_row;
 };
 
-}  // namespace
-
-void best_stability_batch(const double* P, const int64_t* p_off, const double* Q, const int64_t* q_off,
-                             int64_t B, bool diagonal, const SinkhornOptions& opt, double scaling_limit,
-                             int num_threads, double* s_row, double* c_row, double* s_col, double* c_col,
-                             int64_t* n_iter) {
-  parallel_for<StabilityScratch>(B, num_threads, [&](StabilityScratch& s, int64_t k) {
-    const int64_t n = p_off[k + 1] - p_off[k], m = q_off[k + 1] - q_off[k];
-    const double* Pk = P + 2 * p_off[k];
-    const double* Qk = Q + 2 * q_off[k];
-    double* sr = s_row + p_off[k];
-    double* cr = c_row + p_off[k];
-    double* sc = s_col + q_off[k];
-    double* cc = c_col + q_off[k];
-    n_iter[k] = 0;
+// Costs are never stored: each row is computed from the points when it is needed (three times:
+// the largest cost, the solver's matrix, the stabilities), always by the same expressions, so the
+// same bits as a stored matrix. Only the solver's matrix K [n(+1), m(+1)] is held: a 10k x 10k
+// problem of a raw-noise map needs 800 MB for it, not 3.2 GB for costs, K, plan and their copies.
+//
+// The costs and stabilities are square roots, quotients and products, each correctly rounded, and
+// this file is compiled without floating-point contraction (CMakeLists.txt), so the AVX-512 and
+// AVX2 clones compute the same bits as the baseline build.
+TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const double* Pk, int64_t n, const double* Qk,
+                                                  int64_t m, bool diagonal, const SinkhornOptions& opt,
+                                                  double scaling_limit, double* sr, double* cr, double* sc, double* cc,
+                                                  int64_t& n_iter) {
+    n_iter = 0;
     if (n == 0 || m == 0) {  // never compared: S = 0, C = +inf
       std::fill(sr, sr + n, 0.0);
       std::fill(cr, cr + n, std::numeric_limits<double>::infinity());
@@ -44,67 +41,118 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
       return;
     }
     const int64_t nr = diagonal ? n + 1 : n, mc = diagonal ? m + 1 : m;
-    s.wa.assign(nr, 0.0);
-    s.wb.assign(mc, 0.0);
-    s.cost.resize(nr * mc);
-    double* M = s.cost.data();
+    // Released: squared Euclidean distances over the largest one, (sqrt(d2) / (dmax + 1e-12))^2.
+    // Each step is a correctly rounded, non-decreasing function of d2, so the largest distance is
+    // sqrt of the largest d2 and the largest cost is the cost at the largest d2.
+    double dmax = 0;
     // Large problems (10k x 10k points on raw noise) take seconds per pass: poll every few rows.
     const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
-    for (int64_t i = 0; i < n; ++i) {
-      if (i % poll_rows == 0) poll();
-      for (int64_t j = 0; j < m; ++j) {
-        const double dl = Pk[2 * i] - Qk[2 * j], dh = Pk[2 * i + 1] - Qk[2 * j + 1];
-        M[i * mc + j] = dl * dl + dh * dh;
+    if (!diagonal) {
+      double d2max = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+        const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
+        for (int64_t j = 0; j < m; ++j) {
+          const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
+          d2max = std::max(d2max, dl * dl + dh * dh);
+        }
       }
+      dmax = std::sqrt(d2max);
     }
-    if (diagonal) {  // paper text: the diagonal as an extra last row and column
-      for (int64_t i = 0; i < n; ++i) M[i * mc + m] = (Pk[2 * i + 1] - Pk[2 * i]) * (Pk[2 * i + 1] - Pk[2 * i]) / 2;
-      for (int64_t j = 0; j < m; ++j) M[n * mc + j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
-      M[n * mc + m] = 0;  // diagonal to diagonal
-      for (int64_t i = 0; i < n; ++i) s.wa[i] = 1.0 / static_cast<double>(n + m);
-      for (int64_t j = 0; j < m; ++j) s.wb[j] = 1.0 / static_cast<double>(n + m);
+    const double scale = dmax + 1e-12;
+    // Row i of the costs, m(+1) entries; with the diagonal (paper text), an extra last column (the
+    // point's distance to the diagonal) and an extra last row (the other side's, then 0).
+    auto costs = [&](int64_t i, double* out) {
+      if (i == n) {
+        for (int64_t j = 0; j < m; ++j) out[j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
+        out[m] = 0;  // diagonal to diagonal
+        return;
+      }
+      const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
+      for (int64_t j = 0; j < m; ++j) {
+        const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
+        out[j] = dl * dl + dh * dh;
+      }
+      if (diagonal) {
+        out[m] = (ph - pl) * (ph - pl) / 2;
+      } else {
+        for (int64_t j = 0; j < m; ++j) {
+          const double r = std::sqrt(out[j]) / scale;
+          out[j] = r * r;
+        }
+      }
+    };
+    s.cost_row.resize(mc);
+    double* row = s.cost_row.data();
+    double worst = 0;  // max |M|: every cost is >= 0
+    if (diagonal) {
+      for (int64_t i = 0; i < nr; ++i) {
+        if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+        costs(i, row);
+        for (int64_t j = 0; j < mc; ++j) worst = std::max(worst, row[j]);
+      }
+      s.wa.assign(nr, 1.0 / static_cast<double>(n + m));
+      s.wb.assign(mc, 1.0 / static_cast<double>(n + m));
       s.wa[n] = static_cast<double>(m) / static_cast<double>(n + m);
       s.wb[m] = static_cast<double>(n) / static_cast<double>(n + m);
-    } else {  // released: squared Euclidean distances over the largest one
-      double dmax = 0;
-      for (int64_t e = 0; e < n * m; ++e) dmax = std::max(dmax, std::sqrt(M[e]));
-      poll();
-      for (int64_t e = 0; e < n * m; ++e) {
-        const double r = std::sqrt(M[e]) / (dmax + 1e-12);
-        M[e] = r * r;
-      }
-      poll();
-      for (int64_t i = 0; i < n; ++i) s.wa[i] = 1.0 / static_cast<double>(n);
-      for (int64_t j = 0; j < m; ++j) s.wb[j] = 1.0 / static_cast<double>(m);
+    } else {
+      const double r = dmax / scale;
+      worst = r * r;
+      s.wa.assign(nr, 1.0 / static_cast<double>(n));
+      s.wb.assign(mc, 1.0 / static_cast<double>(m));
     }
-    double worst = 0;
-    for (int64_t e = 0; e < nr * mc; ++e) worst = std::max(worst, std::abs(M[e]));
     SinkhornOptions o = opt;
     o.log_domain = worst / opt.reg > scaling_limit;
-    // Every weight is positive, so the solver's compact problem is this one: the plan is read row
-    // by row from its scalings and never stored (a 10k x 10k plan would be 800 MB).
+    s.solver.K.resize(nr * mc);
+    for (int64_t i = 0; i < nr; ++i) {
+      if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+      costs(i, row);
+      sinkhorn_kernel_row_f64(row, mc, opt.reg, o.log_domain, s.solver.K.data() + i * mc);
+    }
+    // Every weight is positive, so the solver's problem is this one: the plan is read row by row
+    // from its scalings and never stored.
     double err = 0;
-    sinkhorn_problem_f64(s.solver, s.wa.data(), s.wb.data(), M, nr, mc, o, nullptr, nullptr, nullptr, n_iter[k], err);
-    poll();
+    sinkhorn_solve_kernel_f64(s.solver, s.wa.data(), s.wb.data(), nr, mc, o, n_iter, err);
+    if (interrupted()) return;
+    // Stabilities S = plan / (1 + sqrt(max(M, 0))), row by row; each point's best is the first
+    // maximum, as argmax (strictly greater from -1, so a NaN never wins). Each step is a loop the
+    // compiler vectorises: the row's S, its maximum, the first index holding it, the columns'.
     s.plan_row.resize(mc);
-    const double* plan = s.plan_row.data();
-    for (int64_t i = 0; i < n; ++i) sr[i] = -1;
+    double* S = s.plan_row.data();
     for (int64_t j = 0; j < m; ++j) sc[j] = -1;
     for (int64_t i = 0; i < n; ++i) {
-      if (i % poll_rows == 0) poll();
-      sinkhorn_plan_row_f64(s.solver, o.log_domain, i, s.plan_row.data());
+      if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+      costs(i, row);
+      sinkhorn_plan_row_f64(s.solver, o.log_domain, i, S);
+      for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + std::sqrt(std::max(row[j], 0.0)));
+      double best = -1;
+      for (int64_t j = 0; j < m; ++j) best = S[j] > best ? S[j] : best;
+      sr[i] = best;
       for (int64_t j = 0; j < m; ++j) {
-        const double Sij = plan[j] / (1.0 + std::sqrt(std::max(M[i * mc + j], 0.0)));
-        if (Sij > sr[i]) {  // strict: the first maximum wins, as argmax
-          sr[i] = Sij;
-          cr[i] = M[i * mc + j];
-        }
-        if (Sij > sc[j]) {
-          sc[j] = Sij;
-          cc[j] = M[i * mc + j];
+        if (S[j] == best) {
+          cr[i] = row[j];
+          break;
         }
       }
+      for (int64_t j = 0; j < m; ++j) {
+        const bool better = S[j] > sc[j];
+        cc[j] = better ? row[j] : cc[j];
+        sc[j] = better ? S[j] : sc[j];
+      }
     }
+}
+
+}  // namespace
+
+void best_stability_batch(const double* P, const int64_t* p_off, const double* Q, const int64_t* q_off,
+                             int64_t B, bool diagonal, const SinkhornOptions& opt, double scaling_limit,
+                             int num_threads, double* s_row, double* c_row, double* s_col, double* c_col,
+                             int64_t* n_iter) {
+  parallel_for<StabilityScratch>(B, num_threads, [&](StabilityScratch& s, int64_t k) {
+    stability_problem(s, P + 2 * p_off[k], p_off[k + 1] - p_off[k], Q + 2 * q_off[k], q_off[k + 1] - q_off[k], diagonal,
+                      opt, scaling_limit, s_row + p_off[k], c_row + p_off[k], s_col + q_off[k], c_col + q_off[k],
+                      n_iter[k]);
+    poll();  // throws here, outside the clones, if the call was cancelled
   });
 }
 

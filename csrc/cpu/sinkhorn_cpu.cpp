@@ -156,6 +156,17 @@ TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, cons
   niter = std::min(ii, opt.max_iter - 1);
 }
 
+// The solver's matrix entry from a cost, as POT writes it: exp(M / -reg) in the scaling domain,
+// -M / reg in the log domain.
+template <typename T>
+TOPOOT_INLINE void kernel_row(const T* M, int64_t m, T reg, bool log_domain, T* K) {
+  if (log_domain) {
+    for (int64_t j = 0; j < m; ++j) K[j] = -M[j] / reg;
+  } else {
+    for (int64_t j = 0; j < m; ++j) K[j] = exp_fast<T, true>(M[j] / -reg);
+  }
+}
+
 // Entry (i, j) of the plan from the scalings, compact indices: what the padded plan holds.
 template <typename T>
 TOPOOT_INLINE T plan_entry(const SinkhornScratch<T>& s, bool log_domain, int64_t i, int64_t j, int64_t mc) {
@@ -204,12 +215,7 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
     const T* Mi = Mk + s.rows[i] * m;
     T* Ki = s.K.data() + i * mc;
     for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
-    // As POT writes them: exp(M / -reg) in the scaling domain, -M / reg in the log domain.
-    if (opt.log_domain) {
-      for (int64_t j = 0; j < mc; ++j) Ki[j] = -Ki[j] / reg;
-    } else {
-      for (int64_t j = 0; j < mc; ++j) Ki[j] = exp_fast<T, true>(Ki[j] / -reg);
-    }
+    kernel_row(Ki, mc, reg, opt.log_domain, Ki);
   }
   if (opt.log_domain) {
     solve_log(s, nr, mc, opt, niter, errk);
@@ -243,6 +249,31 @@ TOPOOT_TARGET_CLONES void sinkhorn_problem_f64(SinkhornScratch<double>& s, const
                                             int64_t n, int64_t m, const SinkhornOptions& opt, double* Pk,
                                             double* luk, double* lvk, int64_t& niter, double& errk) {
   solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
+}
+
+TOPOOT_TARGET_CLONES void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain,
+                                               double* K) {
+  kernel_row(M, m, reg, log_domain, K);
+}
+
+TOPOOT_TARGET_CLONES void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b,
+                                                 int64_t n, int64_t m, const SinkhornOptions& opt, int64_t& niter,
+                                                 double& err) {
+  s.rows.resize(n);
+  s.cols.resize(m);
+  for (int64_t i = 0; i < n; ++i) s.rows[i] = i;
+  for (int64_t j = 0; j < m; ++j) s.cols[j] = j;
+  s.a.assign(a, a + n);
+  s.b.assign(b, b + m);
+  for (auto* x : {&s.u, &s.u_prev}) x->resize(n);
+  for (auto* x : {&s.v, &s.v_prev, &s.col, &s.mx}) x->resize(m);
+  niter = 0;
+  err = 1;
+  if (opt.log_domain) {
+    solve_log(s, n, m, opt, niter, err);
+  } else {
+    solve_scaling(s, n, m, opt, niter, err);
+  }
 }
 
 TOPOOT_TARGET_CLONES void sinkhorn_plan_row_f64(const SinkhornScratch<double>& s, bool log_domain, int64_t i,

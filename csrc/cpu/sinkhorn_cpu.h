@@ -42,6 +42,15 @@ void sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* a, const dou
                           int64_t m, const SinkhornOptions& opt, double* plan, double* log_u, double* log_v,
                           int64_t& n_iter, double& err);
 
+// A problem whose matrix the caller fills itself, row by row, with no [n, m] cost array (the
+// selection's costs are computed from points): sinkhorn_kernel_row_f64 turns a row of costs M [m]
+// into the row K [m] of the solver's matrix (what sinkhorn_problem_f64 would put there); once
+// s.K [n, m] is filled, sinkhorn_solve_kernel_f64 iterates (all weights a [n], b [m] positive).
+// Same iterates, n_iter and err as sinkhorn_problem_f64 on that problem.
+void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, double* K);
+void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
+                               const SinkhornOptions& opt, int64_t& n_iter, double& err);
+
 // Row i of the plan of the problem last solved in s, for a problem with no zero weight (compact
 // rows and columns = the problem's own): row [m], the same values the padded plan would hold.
 void sinkhorn_plan_row_f64(const SinkhornScratch<double>& s, bool log_domain, int64_t i, double* row);
