@@ -15,6 +15,20 @@
 namespace topoot {
 namespace {
 
+// max(init, x[0..n)) with eight independent running maxima: the compiler may not reorder a
+// floating-point reduction itself, and one chain waits on every compare. Exact (a maximum is one of
+// its inputs, whatever the order; a NaN never wins a strict compare).
+TOPOOT_INLINE double max_of(const double* x, int64_t n, double init) {
+  double acc[8] = {init, init, init, init, init, init, init, init};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int t = 0; t < 8; ++t) acc[t] = x[j + t] > acc[t] ? x[j + t] : acc[t];
+  }
+  for (; j < n; ++j) acc[0] = x[j] > acc[0] ? x[j] : acc[0];
+  for (int t = 1; t < 8; ++t) acc[0] = acc[t] > acc[0] ? acc[t] : acc[0];
+  return acc[0];
+}
+
 struct StabilityScratch {
   SinkhornScratch<double> solver;
   std::vector<double> wa, wb, cost_row, plan_row;
@@ -47,6 +61,8 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     double dmax = 0;
     // Large problems (10k x 10k points on raw noise) take seconds per pass: poll every few rows.
     const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
+    s.cost_row.resize(mc);
+    double* row = s.cost_row.data();
     if (!diagonal) {
       double d2max = 0;
       for (int64_t i = 0; i < n; ++i) {
@@ -54,8 +70,9 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
         const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
         for (int64_t j = 0; j < m; ++j) {
           const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
-          d2max = std::max(d2max, dl * dl + dh * dh);
+          row[j] = dl * dl + dh * dh;
         }
+        d2max = max_of(row, m, d2max);
       }
       dmax = std::sqrt(d2max);
     }
@@ -82,14 +99,12 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
         }
       }
     };
-    s.cost_row.resize(mc);
-    double* row = s.cost_row.data();
     double worst = 0;  // max |M|: every cost is >= 0
     if (diagonal) {
       for (int64_t i = 0; i < nr; ++i) {
         if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
         costs(i, row);
-        for (int64_t j = 0; j < mc; ++j) worst = std::max(worst, row[j]);
+        worst = max_of(row, mc, worst);
       }
       s.wa.assign(nr, 1.0 / static_cast<double>(n + m));
       s.wb.assign(mc, 1.0 / static_cast<double>(n + m));
@@ -125,8 +140,7 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
       costs(i, row);
       sinkhorn_plan_row_f64(s.solver, o.log_domain, i, S);
       for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + std::sqrt(std::max(row[j], 0.0)));
-      double best = -1;
-      for (int64_t j = 0; j < m; ++j) best = S[j] > best ? S[j] : best;
+      const double best = max_of(S, m, -1.0);
       sr[i] = best;
       for (int64_t j = 0; j < m; ++j) {
         if (S[j] == best) {
