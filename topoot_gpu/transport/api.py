@@ -305,9 +305,10 @@ def best_stability(
 
 
 #: Bytes per cost-matrix entry of one problem that each backend holds while solving it: ``"cpp"``
-#: costs, kernel, scaled kernel and plan (float64) per thread; the padded backends (costs,
-#: plan, stabilities, the solver's temporaries, float64) per entry of the padded batch.
-BYTES_PER_ENTRY = {"cpp": 32, "torch": 64, "triton": 32, "reference": 48}
+#: the solver's kernel only (float64, per thread: costs and plan are computed row by row, never
+#: stored); the padded backends (costs, plan, stabilities, the solver's temporaries, float64) per
+#: entry of the padded batch.
+BYTES_PER_ENTRY = {"cpp": 8, "torch": 64, "triton": 32, "reference": 48}
 #: Backends that pad a batch to its largest problem (the others solve problem by problem).
 PADDED = ("torch", "triton")
 
