@@ -76,6 +76,19 @@ def test_every_persistence_backend_counts_the_same(rng, use_backend, backend):
         np.testing.assert_array_equal(counts, rc)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["auto", "cuda", "triton"])
+def test_cuda_maps_give_the_cpu_result(rng, backend):
+    """On the device (erosion and scaling there, the diagrams by each GPU backend or the host core):
+    the CPU's masks and thresholds, bit for bit."""
+    for maps in mebin_batches(rng, size=(16, 64)):
+        want_masks, want_thresholds = mebin_thresholds(torch.from_numpy(maps))
+        masks, thresholds = mebin_thresholds(torch.from_numpy(maps).cuda(), persistence_backend=backend)
+        assert masks.device.type == "cuda" and thresholds.device.type == "cuda"
+        assert torch.equal(masks.cpu(), want_masks) and torch.equal(thresholds.cpu(), want_thresholds)
+
+
 def test_per_image_range_is_the_image_alone(rng):
     maps = mebin_batches(rng)[1]
     masks, thresholds = mebin_thresholds(maps, range="image")

@@ -313,3 +313,22 @@ def test_scaling_domain_stops_on_numerical_errors_between_checks(rng, backend):
         n, m = G.shape
         assert int(res.n_iter[k]) == niter, (k, int(res.n_iter[k]), niter)
         np.testing.assert_allclose(res.plan[k, :n, :m].numpy(), G, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_plan_is_refused(dtype, bad):
+    """The backstop after every solve (the solvers stop before their scalings overflow, so no input
+    reaches it today): one C++ pass on host plans, torch on device plans."""
+    from topoot_gpu.transport.api import _check_result
+    from topoot_gpu.transport.results import SinkhornResult
+
+    plan = torch.rand(3, 17, 9, dtype=dtype)
+    ok = SinkhornResult(plan, plan[:, :, 0], plan[:, 0], torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=dtype),
+                        "scaling")  # fmt: skip
+    _check_result(ok, 1e-9)
+    plan = plan.clone()
+    plan[2, 16, 8] = bad
+    with pytest.raises(ValueError, match="plan is not finite"):
+        _check_result(SinkhornResult(plan, *(getattr(ok, f) for f in ("log_u", "log_v", "n_iter", "err")), "scaling"),
+                      1e-9)  # fmt: skip

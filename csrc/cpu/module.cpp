@@ -191,6 +191,13 @@ py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, co
 
 // One pass over a padded batch of problems for the checks and the domain
 // choice: (a, b, M all finite, a >= 0, b >= 0, max |M| over real entries).
+// Whether every entry of an array is finite: one pass, the GIL released (a plan's check).
+template <typename T>
+bool all_finite_impl(const py::array_t<T, py::array::c_style>& x) {
+  py::gil_scoped_release release;
+  return all_finite(x.data(), static_cast<int64_t>(x.size()));
+}
+
 template <typename T>
 py::tuple sinkhorn_stats_impl(const py::array_t<T, py::array::c_style>& a, const py::array_t<T, py::array::c_style>& b,
                               const py::array_t<T, py::array::c_style>& M) {
@@ -297,6 +304,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
   m.def("cubical_persistence_f64", &persistence_impl<double>, py::arg("maps"), py::arg("superlevel"),
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
+  m.def("all_finite_f32", &all_finite_impl<float>, py::arg("x"));
+  m.def("all_finite_f64", &all_finite_impl<double>, py::arg("x"));
   m.def("sinkhorn_stats_f32", &sinkhorn_stats_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"));
   m.def("sinkhorn_stats_f64", &sinkhorn_stats_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"));
   m.def("best_stability", &best_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
