@@ -162,7 +162,15 @@ void best_stability_batch(const double* P, const int64_t* p_off, const double* Q
                              int64_t B, bool diagonal, const SinkhornOptions& opt, double scaling_limit,
                              int num_threads, double* s_row, double* c_row, double* s_col, double* c_col,
                              int64_t* n_iter) {
-  parallel_for<StabilityScratch>(B, num_threads, [&](StabilityScratch& s, int64_t k) {
+  // Largest problems first (n * m, ties by index): the threads' last problems are the small ones,
+  // so no thread is left with a 10k x 10k problem while the others idle. Each problem writes only
+  // its own outputs, so the order changes no result.
+  std::vector<int64_t> order(B);
+  for (int64_t k = 0; k < B; ++k) order[k] = k;
+  auto entries = [&](int64_t k) { return (p_off[k + 1] - p_off[k]) * (q_off[k + 1] - q_off[k]); };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return entries(x) > entries(y); });
+  parallel_for<StabilityScratch>(B, num_threads, [&](StabilityScratch& s, int64_t rank) {
+    const int64_t k = order[rank];
     stability_problem(s, P + 2 * p_off[k], p_off[k + 1] - p_off[k], Q + 2 * q_off[k], q_off[k + 1] - q_off[k], diagonal,
                       opt, scaling_limit, s_row + p_off[k], c_row + p_off[k], s_col + q_off[k], c_col + q_off[k],
                       n_iter[k]);
