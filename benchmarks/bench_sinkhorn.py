@@ -6,7 +6,13 @@ backend and domain, all threads and one thread) and POT ``ot.sinkhorn`` (its def
 the first ``--pot-problems`` problems one by one; median of repeats after a warm-up, ratio =
 our problems/s over POT's. With a GPU, the torch backend and the Triton kernel also run on it.
 
+``--ragged B``: also a ragged batch of ``B`` problems whose sides are drawn in ``--ragged-sizes``
+(default 5..200), padded to the largest as :func:`topoot_gpu.diagram_costs` pads them; POT solves
+each problem at its own size (its padding cut off), so the ratio is per problem as a user of
+either would see it.
+
     python benchmarks/bench_sinkhorn.py [--batches 1 64 1024] [--sizes 16 64 128] [--regs 0.3 0.05]
+                                        [--ragged 1024]
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ def make_problems(batch: int, n: int, seed: int):
     return diagram_costs(P, Q)
 
 
+def make_ragged(batch: int, lo: int, hi: int, seed: int):
+    rng = np.random.default_rng(seed)
+    P = [np.sort(rng.random((int(rng.integers(lo, hi + 1)), 2)), 1) for _ in range(batch)]
+    Q = [np.sort(rng.random((int(rng.integers(lo, hi + 1)), 2)), 1) for _ in range(batch)]
+    return diagram_costs(P, Q)
+
+
 def measure(M, a, b, reg: float, args, ot) -> dict:
     """One configuration: ours on the whole batch, POT on its first problems, the GPU if present."""
     batch = M.shape[0]
@@ -45,13 +58,17 @@ def measure(M, a, b, reg: float, args, ot) -> dict:
     t1 = median_seconds(lambda: sinkhorn(a, b, M, num_threads=1, **kw), repeats=args.repeats)
     row["ours_cpu_1thread_problems_per_s"] = batch / t1
     k = min(batch, args.pot_problems)
-    pa, pb, pM = a[:k].numpy(), b[:k].numpy(), M[:k].numpy()
+    # Each problem at its own size: padding (zero weights) cut off, as a POT user would pass it.
+    real = []
+    for j in range(k):
+        rows, cols = a[j].numpy() > 0, b[j].numpy() > 0
+        real.append((a[j].numpy()[rows], b[j].numpy()[cols], np.ascontiguousarray(M[j].numpy()[rows][:, cols])))
 
     def pot():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for j in range(k):
-                ot.sinkhorn(pa[j], pb[j], pM[j], reg, numItermax=args.max_iter, stopThr=1e-9)
+            for pa, pb, pM in real:
+                ot.sinkhorn(pa, pb, pM, reg, numItermax=args.max_iter, stopThr=1e-9)
 
     row["pot_problems_per_s"] = k / median_seconds(pot, repeats=args.repeats)
     row["ratio_1thread_vs_pot"] = row["ours_cpu_1thread_problems_per_s"] / row["pot_problems_per_s"]
@@ -77,6 +94,8 @@ def main() -> None:
     ap.add_argument("--pot-problems", type=int, default=32, help="problems POT is timed on (per problem)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-elements", type=float, default=2e8, help="skip configurations with more B*n*m")
+    ap.add_argument("--ragged", type=int, default=0, help="problems of a ragged batch (0: none)")
+    ap.add_argument("--ragged-sizes", type=int, nargs=2, default=[5, 200], help="range of its sides")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sinkhorn_<device>.json)")
     args = ap.parse_args()
@@ -93,6 +112,12 @@ def main() -> None:
             for reg in args.regs:
                 rows.append({"batch": batch, "n": n, "reg": reg, **measure(M, a, b, reg, args, ot)})
                 print(f"done batch {batch} n {n} reg {reg}", flush=True)
+    if args.ragged:
+        lo, hi = args.ragged_sizes
+        M, a, b = make_ragged(args.ragged, lo, hi, args.seed)
+        for reg in args.regs:
+            rows.append({"batch": args.ragged, "n": f"{lo}..{hi}", "reg": reg, **measure(M, a, b, reg, args, ot)})
+            print(f"done ragged batch {args.ragged} reg {reg}", flush=True)
     columns = [
         "batch",
         "n",

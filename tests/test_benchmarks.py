@@ -103,6 +103,20 @@ def test_files_benchmark_runs(tmp_path):
     assert [r["workers"] for r in rows] == ["-", 0, 1] and all(r["maps_per_s"] > 0 for r in rows)
 
 
+def test_sinkhorn_benchmark_runs_with_a_ragged_batch(tmp_path):
+    """``benchmarks/bench_sinkhorn.py`` on tiny padded and ragged batches (POT on real sizes)."""
+    out = tmp_path / "sinkhorn.json"
+    args = ["--batches", "3", "--sizes", "6", "--regs", "0.3", "--ragged", "5", "--ragged-sizes", "2", "9"]
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_sinkhorn.py"), *args, "--repeats", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["n"]) for r in rows] == [(3, 6), (5, "2..9")]
+    assert all(r["pot_problems_per_s"] > 0 and r["ours_cpu_1thread_problems_per_s"] > 0 for r in rows)
+
+
 def test_head_precision_agreement_runs(tmp_path):
     """``benchmarks/head_precision_agreement.py`` end to end on one seed."""
     out = tmp_path / "agreement.json"
