@@ -22,10 +22,11 @@ validation range to 0 and 1, which would flatten the peaks TopoOT's persistence 
 the normalised map, as anomalib's MEBin does.
 
 Export (``to_onnx`` / ``to_openvino``, also ``torch.export``): persistence and the head's training
-are host-side algorithms with data-dependent shapes and no ONNX form. Under export the TopoOT
-post-processor emits anomalib's default pixel threshold (``anomaly_map > pixel threshold``, as
-:class:`PostProcessor`) and the MEBin one anomalib's own ``MEBinPostProcessor`` graph, each with a
-warning; the exported model's ``anomaly_map`` refined by :func:`topoot_gpu.refine` (or
+are host-side algorithms with data-dependent shapes and no ONNX form (nor is anomalib's own MEBin:
+exporting a model with ``MEBinPostProcessor`` fails in ``torch.export`` on its data-dependent
+branches, anomalib 2.7.0). Under export both post-processors emit anomalib's default pixel
+threshold (``anomaly_map > pixel threshold``, as :class:`PostProcessor`), with a warning, so the
+model exports; the exported model's ``anomaly_map`` refined by :func:`topoot_gpu.refine` (or
 :func:`topoot_gpu.mebin_thresholds`) outside the graph gives the masks of the eager model.
 """
 
@@ -62,8 +63,9 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 def _export_warning(what: str) -> None:
-    warnings.warn(f"{what} under export: the exported graph computes {what} differently (topoot_gpu.anomalib's "
-                  "module doc says how to get the eager masks from an exported model)", stacklevel=3)  # fmt: skip
+    warnings.warn(f"{what} under export: the exported graph thresholds the map at anomalib's pixel threshold "
+                  "instead (topoot_gpu.anomalib's module doc says how to get the eager masks from an exported "
+                  "model)", stacklevel=3)  # fmt: skip
 
 
 class TopoOTPostProcessor(PostProcessor):
@@ -183,7 +185,7 @@ class PersistenceMEBinPostProcessor(MEBinPostProcessor):
         ``pred_mask`` by MEBin on the (normalised) map, here from persistence diagrams."""
         if _exporting():
             _export_warning("MEBin's pred_mask")
-            return super().forward(predictions)
+            return PostProcessor.forward(self, predictions)  # anomalib's MEBin does not export
         if predictions.pred_score is None and predictions.anomaly_map is None:
             raise ValueError("predictions: at least one of pred_score or anomaly_map must be provided")
         anomaly_map = predictions.anomaly_map
