@@ -110,6 +110,16 @@ def test_eval_methods_and_missing_pieces(tmp_path, rng, capsys):
     assert main(["eval", "--maps", str(tmp_path / "nowhere"), "--gt", str(tmp_path / "gt")]) == 2
 
 
+def test_evaluate_checks_its_arguments(tmp_path, rng):
+    from topoot_gpu.evaluation import evaluate
+
+    write_layout(tmp_path, rng)
+    for kwargs, arg in (({"methods": ("topoot", "otsu")}, "methods"), ({"methods": "mebin"}, "methods"),
+                        ({"methods": ()}, "methods"), ({"device": "gpu0"}, "device")):  # fmt: skip
+        with pytest.raises(ValueError, match=arg):
+            evaluate(tmp_path / "maps", tmp_path / "gt", **kwargs)
+
+
 def test_pixel_auroc_with_ties(rng):
     from sklearn.metrics import roc_auc_score
 

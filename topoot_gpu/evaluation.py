@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core.validation import check_choice
 from .mebin.api import mebin_thresholds
 from .refinement.api import refine
 from .refinement.files import SUFFIXES, load_maps
@@ -158,6 +159,14 @@ def pr_curve(maps: list[np.ndarray], gts: list[np.ndarray], points: int = 64) ->
 def evaluate(maps_dir: Path, gt_dir: Path, *, methods: tuple[str, ...] = METHODS, normal_dir: Path | None = None,
              seed: int = 0, device: str = "cpu") -> dict:  # fmt: skip
     """The protocol of the module doc; returns what ``eval.json`` holds, plus the masks (``"_masks"``)."""
+    if isinstance(methods, str) or not methods:
+        raise ValueError(f"methods: expected a non-empty sequence of {METHODS}, got {methods!r}")
+    for method in methods:
+        check_choice("methods", method, METHODS)
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {e}") from e
     items = load_items(maps_dir, gt_dir)
     anomalous = [it for it in items if it.gt is not None]
     maps = [it.map for it in anomalous]
