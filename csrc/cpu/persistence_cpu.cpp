@@ -179,6 +179,9 @@ struct Workspace {
 // than a pixel. The caller picks the padding value that makes both true.
 // Emits H0 pairs (birth = young root, death = saddle) or, with `Outside`, the
 // dual H1 pairs (birth = saddle, death = young root), zero-length ones dropped.
+// How many saddles ahead union_find_pass prefetches.
+constexpr size_t kPrefetch = 8;
+
 template <typename T, bool Desc, bool Conn8, bool Outside>
 void union_find_pass(Workspace<T>& ws, const uint8_t* lower_mask, int64_t H, int64_t W, int64_t dim,
                      ImagePairs& out) {
@@ -255,8 +258,20 @@ void union_find_pass(Workspace<T>& ws, const uint8_t* lower_mask, int64_t H, int
   auto original = [Wp, Wo](int32_t P) { return static_cast<int64_t>(P / Wp - 1) * Wo + (P % Wp - 1); };
   const auto& reps = kTables.reps[Conn8 ? 1 : 0];
   size_t visited = 0;
-  for (const int32_t p : ws.saddles) {
+  const int32_t* saddle = ws.saddles.data();
+  for (size_t k = 0; k < n; ++k) {
+    const int32_t p = saddle[k];
     if ((++visited & 0xFFFF) == 0) poll();
+    // Saddles come in value order, so at random places: fetch a later saddle's neighbourhood (its
+    // first find's parent entries, lower mask and values) while this one is merged.
+    if (k + kPrefetch < n) {
+      const int32_t q = saddle[k + kPrefetch];
+      __builtin_prefetch(parent + q - w);
+      __builtin_prefetch(parent + q + w);
+      __builtin_prefetch(lower_mask + q);
+      __builtin_prefetch(v + q - w);
+      __builtin_prefetch(v + q + w);
+    }
     // One root lookup per local component of p's lower neighbours.
     unsigned m = reps[lower_mask[p]];
     int32_t cur = find(p + off[__builtin_ctz(m)]);
