@@ -14,24 +14,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from topoot_gpu.testing import blob_maps, smooth_maps
+from topoot_gpu.testing import write_eval_layout
 
 
 def main(out: Path, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    for defect in ("crack", "hole"):
-        (out / "maps" / defect).mkdir(parents=True, exist_ok=True)
-        (out / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
-        for k in range(4):
-            m = blob_maps(rng, 1, 128, 128)[0]
-            gt = m > np.quantile(m, rng.uniform(0.95, 0.99))
-            np.save(out / "maps" / defect / f"{k:03d}.npy", m[::2, ::2].astype(np.float32))
-            Image.fromarray((255 * gt).astype(np.uint8)).save(out / "ground_truth" / defect / f"{k:03d}_mask.png")
-    (out / "maps" / "good").mkdir(parents=True, exist_ok=True)
-    for k in range(4):
-        np.save(out / "maps" / "good" / f"{k:03d}.npy", (0.3 * smooth_maps(rng, 1, 64, 64)[0]).astype(np.float32))
+    write_eval_layout(out / "maps", out / "ground_truth", rng, size=128, per_defect=4, normal=4, quantiles=(0.95, 0.99))
     print(f"wrote {out}/maps and {out}/ground_truth")
 
 

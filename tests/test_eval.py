@@ -11,30 +11,13 @@ from PIL import Image
 from topoot_gpu import mebin_thresholds, refine
 from topoot_gpu.cli import main
 from topoot_gpu.evaluation import pixel_auroc
-from topoot_gpu.testing import blob_maps, smooth_maps
+from topoot_gpu.testing import write_eval_layout
 
 
 def write_layout(root, rng):
     """Two defect types of anomaly-like maps at half the masks' resolution (resized by eval), .npy and
     .png maps, and normal maps in good/."""
-    truth = {}
-    for defect in ("crack", "hole"):
-        (root / "maps" / defect).mkdir(parents=True)
-        (root / "gt" / defect).mkdir(parents=True)
-        for k in range(3):
-            m = blob_maps(rng, 1, 64, 64)[0]
-            gt = m > np.quantile(m, rng.uniform(0.9, 0.99))
-            if defect == "hole" and k == 2:
-                small = (255 * (m[::2, ::2] - m.min()) / np.ptp(m)).astype(np.uint8)
-                Image.fromarray(small).save(root / "maps" / defect / f"{k:03d}.png")
-            else:
-                np.save(root / "maps" / defect / f"{k:03d}.npy", m[::2, ::2].astype(np.float32))
-            Image.fromarray((255 * gt).astype(np.uint8)).save(root / "gt" / defect / f"{k:03d}_mask.png")
-            truth[(defect, f"{k:03d}")] = gt
-    (root / "maps" / "good").mkdir()
-    for k in range(2):
-        np.save(root / "maps" / "good" / f"{k:03d}.npy", (0.3 * smooth_maps(rng, 1, 32, 32)[0]).astype(np.float32))
-    return truth
+    return write_eval_layout(root / "maps", root / "gt", rng, size=64, per_defect=3, normal=2, png_last=True)
 
 
 def restated(root, truth):

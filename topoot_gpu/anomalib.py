@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .core.backends import require
+from .core.validation import check_choice, check_config
 from .mebin.api import RANGES, mebin_thresholds
 from .refinement.api import refine
 from .refinement.config import RefineConfig
@@ -99,9 +100,7 @@ class TopoOTPostProcessor(PostProcessor):
         super().__init__(**kwargs)
         if features is not None and not callable(features):
             raise ValueError(f"features: expected None or a callable batch -> [N, C, h, w], got {features!r}")
-        self.refine_config = config if config is not None else RefineConfig()
-        if not isinstance(self.refine_config, RefineConfig):
-            raise ValueError(f"config: expected a RefineConfig, got {type(config).__name__}")
+        self.refine_config = check_config(config, RefineConfig)
         self.seed = seed
         self.features = features
         self.backends = {"persistence_backend": persistence_backend, "transport_backend": transport_backend,
@@ -160,8 +159,7 @@ class PersistenceMEBinPostProcessor(MEBinPostProcessor):
         persistence_backend: str = "auto",
         **kwargs: Any,
     ) -> None:
-        if range not in RANGES:
-            raise ValueError(f"range: expected one of {RANGES}, got {range!r}")
+        check_choice("range", range, RANGES)
         super().__init__(sample_rate=sample_rate, min_interval_len=min_interval_len, erode=erode,
                          kernel_size=kernel_size, **kwargs)  # fmt: skip
         self.range = range

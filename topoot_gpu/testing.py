@@ -275,6 +275,38 @@ def write_folder_dataset(root: Path, rng: np.random.Generator, *, size: int = 64
         Image.fromarray(m).save(root / "ground_truth" / "bad" / f"{k:03d}_mask.png")
 
 
+def write_eval_layout(maps_dir: Path, gt_dir: Path, rng: np.random.Generator, *, size: int, per_defect: int,
+                      normal: int, quantiles: tuple[float, float] = (0.9, 0.99),
+                      png_last: bool = False) -> dict[tuple[str, str], np.ndarray]:  # fmt: skip
+    """Saved anomaly maps and their masks in the MVTec AD layout, as ``topoot eval`` reads them: for the
+    defects ``crack`` and ``hole``, ``per_defect`` anomaly-like ``size x size`` maps (blobs) saved at half
+    resolution (``maps_dir/<defect>/NNN.npy``; with ``png_last``, the last ``hole`` map as an 8-bit
+    ``.png``), each mask the map's top few percent (a quantile drawn in ``quantiles``) at full resolution
+    (``gt_dir/<defect>/NNN_mask.png``), and ``normal`` smooth maps in ``maps_dir/good``. Returns the masks
+    by ``(defect, name)``."""
+    from PIL import Image
+
+    truth = {}
+    for defect in ("crack", "hole"):
+        (maps_dir / defect).mkdir(parents=True, exist_ok=True)
+        (gt_dir / defect).mkdir(parents=True, exist_ok=True)
+        for k in range(per_defect):
+            m = blob_maps(rng, 1, size, size)[0]
+            gt = m > np.quantile(m, rng.uniform(*quantiles))
+            if png_last and defect == "hole" and k == per_defect - 1:
+                small = (255 * (m[::2, ::2] - m.min()) / np.ptp(m)).astype(np.uint8)
+                Image.fromarray(small).save(maps_dir / defect / f"{k:03d}.png")
+            else:
+                np.save(maps_dir / defect / f"{k:03d}.npy", m[::2, ::2].astype(np.float32))
+            Image.fromarray((255 * gt).astype(np.uint8)).save(gt_dir / defect / f"{k:03d}_mask.png")
+            truth[(defect, f"{k:03d}")] = gt
+    (maps_dir / "good").mkdir(parents=True, exist_ok=True)
+    for k in range(normal):
+        m = 0.3 * smooth_maps(rng, 1, size // 2, size // 2)[0]
+        np.save(maps_dir / "good" / f"{k:03d}.npy", m.astype(np.float32))
+    return truth
+
+
 def transport_problem(rng: np.random.Generator, n: int, m: int, *, cost: str = "random"):
     """One problem ``(a, b, M)`` (numpy float64, weights summing to one): random costs, or
     ``cost="diagram"``: normalised distances between two random diagrams, as TopoOT builds them."""

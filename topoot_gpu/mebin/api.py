@@ -101,14 +101,14 @@ def _counts(g: torch.Tensor, scores: list[int], backend: str, num_threads: int |
     B = g.shape[0]
     d = cubical_persistence(g, filtration="superlevel", construction="T", dims=(0,), backend=backend,
                             num_threads=num_threads)  # fmt: skip
-    u = np.asarray(sorted(scores), dtype=np.float64)  # ascending
+    u = np.asarray(scores[::-1], dtype=np.float64)  # the sweep descends: ascending for searchsorted
     K = len(u)
     first = np.searchsorted(u, d.death, side="left")  # first score >= death: alive from here
     stop = np.searchsorted(u, d.birth, side="left")  # first score >= birth: dead from here on
     diff = np.bincount(d.image * (K + 1) + first, minlength=B * (K + 1))
     diff -= np.bincount(d.image * (K + 1) + stop, minlength=B * (K + 1))
     ascending = np.cumsum(diff.reshape(B, K + 1), axis=1)[:, :K]
-    return np.ascontiguousarray(ascending[:, ::-1]) if scores[0] > scores[-1] else ascending
+    return np.ascontiguousarray(ascending[:, ::-1])
 
 
 def _sweep(a: torch.Tensor, *, sample_rate: int, erode: bool, kernel_size: int, per_image: bool,
