@@ -268,6 +268,9 @@ def test_negative_strides_are_accepted_everywhere(rng):
     got = best_stability(pts[::-1], [2, 4], pts[:, ::-1], [3, 3], reg=0.3)
     want = best_stability(pts[::-1].copy(), [2, 4], pts[:, ::-1].copy(), [3, 3], reg=0.3)
     assert torch.equal(got.s_row, want.s_row) and torch.equal(got.c_col, want.c_col)
+    # one element left of a reversed view: C-contiguous by numpy's flags, its stride still negative
+    one = np.zeros((2, 1), dtype=np.float16)[::-1][:1]
+    assert one.strides[0] < 0 and map_features(one).shape == (8, 1, 1)
 
 
 # --- clear errors: one rule for numbers, indices, shapes ----------------------------------------------

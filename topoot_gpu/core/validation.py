@@ -112,7 +112,10 @@ def floating_tensor(x: Any, name: str) -> torch.Tensor:
             raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
         if x.dtype not in (np.float16, np.float32, np.float64):
             x = x.astype(np.float64)  # longdouble: torch has no such dtype
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        if any(stride < 0 for stride in x.strides):  # a one-element view counts as contiguous as it is
+            x = x.copy()
+        x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
     if not x.is_floating_point():
