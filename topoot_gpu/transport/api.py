@@ -209,7 +209,13 @@ def _check_side(points: Any, sizes: Any, name: str) -> tuple[torch.Tensor, torch
     if points.dim() != 2 or points.shape[1] != 2:
         raise ValueError(f"{name}: expected [N, 2] (low, high) points, got shape {tuple(points.shape)}")
     size_name = f"{name.lower()}_sizes"
-    sizes = torch.as_tensor(sizes, device=points.device) if not isinstance(sizes, torch.Tensor) else sizes
+    if not isinstance(sizes, torch.Tensor):
+        if isinstance(sizes, np.ndarray):
+            sizes = sizes.copy()  # torch refuses negative strides, even on a one-element view
+        try:
+            sizes = torch.as_tensor(sizes, device=points.device)
+        except (TypeError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{size_name}: expected a 1-D integer tensor or array, got {sizes!r}") from e
     if sizes.dim() != 1 or sizes.dtype.is_floating_point or sizes.dtype == torch.bool or sizes.is_complex():
         raise ValueError(f"{size_name}: expected a 1-D integer tensor, got {sizes.dtype} {tuple(sizes.shape)}")
     if sizes.device != points.device:
