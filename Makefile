@@ -53,7 +53,6 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_sinkhorn.py
 	$(BIN)/python benchmarks/bench_selection.py
 	$(BIN)/python benchmarks/bench_refine.py
-	$(BIN)/python benchmarks/bench_basin_merge.py
 
 # nvcc compiles csrc/cuda/*.cu for sm_80 and sm_90 (no GPU needed): a compile error fails.
 cuda-check:

@@ -9,6 +9,15 @@ ratio = reference / ours, and whether the labels agree on those maps. Median of 
 warm-up (none for the reference).
 
     python benchmarks/bench_selection.py [--batch 64] [--noise-batch 2] [--ref-maps 4] [--repeats 3]
+
+``--device-path``: the selection's device path instead (GPU persistence and transport backends
+chained on the maps' device, ``--device cuda``, or on CPU tensors to show the path's overhead on
+the host: Triton interpreted, the CUDA source emulated, so only tiny sizes make sense there)
+against the C++ core in the same run, on smooth and anomaly-like maps at ``--batches``: maps per
+second, the host syncs per batch (counted in one extra, untimed run) and the peak device memory
+per map (CUDA only); labels compared with the C++ core's.
+
+    python benchmarks/bench_selection.py --device-path --device cuda [--batches 1 16 256 1024] [--size 224]
 """
 
 from __future__ import annotations
@@ -26,7 +35,62 @@ import numpy as np  # noqa: E402
 
 from topoot_gpu import pseudo_labels  # noqa: E402
 from topoot_gpu.selection import reference  # noqa: E402
-from topoot_gpu.testing import smooth_maps  # noqa: E402
+from topoot_gpu.testing import blob_maps, count_host_syncs, cuda_host_kernels, smooth_maps  # noqa: E402
+
+
+def device_path(args) -> None:
+    import contextlib
+    from collections import Counter
+
+    import torch
+
+    rng = np.random.default_rng(args.seed)
+    dev = torch.device(args.device)
+    rows = []
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    with contextlib.ExitStack() as stack:
+        if dev.type == "cpu" and args.persistence_backend == "cuda":
+            stack.enter_context(cuda_host_kernels())
+        backends = dict(persistence_backend=args.persistence_backend, transport_backend=args.transport_backend)
+        for kind in ("smooth", "anomaly-like"):
+            for batch in args.batches:
+                if kind == "smooth":
+                    host = smooth_maps(rng, batch, args.size, args.size, sigma=4.0)
+                else:
+                    host = blob_maps(rng, batch, args.size, args.size, max_blobs=3)
+                maps = torch.from_numpy(host).to(dev)
+
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                ours = median_seconds(lambda m=maps: (pseudo_labels(m, **backends), sync()), repeats=args.repeats)
+                peak = torch.cuda.max_memory_allocated() / batch if dev.type == "cuda" else None
+                cpu = median_seconds(lambda h=host: pseudo_labels(h), repeats=args.repeats)
+                with count_host_syncs() as events:
+                    got = pseudo_labels(maps, **backends)
+                syncs = Counter(m.removeprefix("topoot_gpu.") for _, m in events)
+                agree = bool(np.array_equal(got.labels.cpu().numpy(), pseudo_labels(host).labels))
+                rows.append(
+                    {
+                        "maps": f"{kind} {args.size}x{args.size}",
+                        "batch": batch,
+                        "device_path_maps_per_s": batch / ours,
+                        "cpp_core_maps_per_s": batch / cpu,
+                        "ratio": cpu / ours,
+                        "host_syncs_per_batch": sum(syncs.values()),
+                        "syncs_by_module": dict(syncs),
+                        "peak_device_bytes_per_map": peak,
+                        "labels_agree": agree,
+                    }
+                )
+                print(f"done {kind} batch {batch}", flush=True)
+    print(f"\nmaps per second on {dev}; ratio = C++ core time / device path time (same run)")
+    cols = ["maps", "batch", "device_path_maps_per_s", "cpp_core_maps_per_s", "ratio", "host_syncs_per_batch"]
+    print_table(rows, [*cols, "peak_device_bytes_per_map", "labels_agree"])
+    write_results(f"selection_device_{dev.type}", "pseudo_labels device path vs C++ core", args, rows)
 
 
 def main() -> None:
@@ -37,7 +101,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/selection_cpu.json)")
+    ap.add_argument("--device-path", action="store_true", help="time the device path (see above)")
+    ap.add_argument("--device", default="cuda", help="the maps' device with --device-path")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 1024])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--persistence-backend", default="cuda", choices=["cuda", "triton"])
+    ap.add_argument("--transport-backend", default="triton", choices=["torch", "triton"])
     args = ap.parse_args()
+    if args.device_path:
+        device_path(args)
+        return
 
     rng = np.random.default_rng(args.seed)
     cases = {

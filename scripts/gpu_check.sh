@@ -4,7 +4,7 @@
 # CPU's results, and how fast is it", correctness first, so a run cut short still answers the first.
 #
 #   TOPOOT_COMMIT=<sha> scripts/gpu_check.sh correctness   # < 7 min: versions, install, every cuda-marked test
-#   TOPOOT_COMMIT=<sha> scripts/gpu_check.sh throughput    # < 5 min: the GPU benchmarks, each under its own timeout
+#   TOPOOT_COMMIT=<sha> scripts/gpu_check.sh throughput    # < 7 min: the GPU benchmarks, each under its own timeout
 #   scripts/gpu_check.sh all --dry-run                     # both, on a machine without a GPU (what CI runs)
 #
 # Issue the two commands back to back (the machine stays warm for 30 s between calls). --dry-run runs
@@ -13,7 +13,8 @@
 # already installed for $PY is used), so that a bug in this script never costs device time.
 #
 # Files in $OUT (default gpu_out/), never more than 8: env.txt, install.log, tests.log, bench.log,
-# persistence_gpu.json, sinkhorn_gpu.json, refine_cuda.json. Commit the JSON under benchmarks/results/.
+# persistence_gpu.json, sinkhorn_gpu.json, refine_cuda.json, selection_device.json. Commit the JSON
+# under benchmarks/results/.
 # Test extras the machine lacks (gudhi, POT) are installed from wheels in .whl/ when present (README:
 # "On a GPU machine"). TOPOOT_COMMIT names the commit in the JSON (the copied tree has no .git).
 set -uo pipefail
@@ -73,7 +74,8 @@ tests() {
   # past 120 s dumps its stack; the whole stage is bounded. Without a GPU every cuda-marked test is a
   # visible skip, so the dry run also runs the CUDA source's tests on the host.
   local selection=(-m cuda tests)
-  [ $dry_run = 1 ] && selection=(-m "cuda or not cuda" tests/test_persistence_cuda.py tests/test_persistence_cuda_source.py)
+  [ $dry_run = 1 ] && selection=(-m "cuda or not cuda" tests/test_persistence_cuda.py tests/test_persistence_cuda_source.py
+    tests/test_device_path.py)
   timeout 360 "$PY" -P -m pytest -q -rs -o faulthandler_timeout=120 "${selection[@]}" 2>&1 | tee "$OUT/tests.log"
   return "${PIPESTATUS[0]}"
 }
@@ -97,6 +99,8 @@ throughput() {
       --out "$OUT/sinkhorn_gpu.json" || status=1
     bench refine 120 benchmarks/bench_refine.py --device cpu --size 24 --low 6 --channels 4 --batch 2 \
       --ref-images 1 --repeats 1 --head-backends torch triton --precisions fp32 bf16 --out "$OUT/refine_cuda.json" || status=1
+    bench selection 120 benchmarks/bench_selection.py --device-path --device cpu --batches 1 --size 12 --repeats 1 \
+      --out "$OUT/selection_device.json" || status=1
   else
     bench persistence 150 benchmarks/bench_persistence.py --gpu --sizes 224 --gpu-batches 1 256 1024 \
       --ref-maps 16 --repeats 5 --out "$OUT/persistence_gpu.json" || status=1
@@ -104,6 +108,8 @@ throughput() {
       --pot-problems 8 --out "$OUT/sinkhorn_gpu.json" || status=1
     bench refine 120 benchmarks/bench_refine.py --device cuda --channels 64 --batch 8 --ref-images 1 --repeats 3 \
       --head-backends torch triton --precisions fp32 bf16 --out "$OUT/refine_cuda.json" || status=1
+    bench selection 120 benchmarks/bench_selection.py --device-path --device cuda --batches 1 16 256 --repeats 3 \
+      --out "$OUT/selection_device.json" || status=1
   fi
   return $status
 }

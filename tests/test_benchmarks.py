@@ -41,21 +41,6 @@ def test_gpu_benchmark_runs(tmp_path, monkeypatch):
     assert all(t >= 0 for t in parts) and stages["total_ms"] == pytest.approx(sum(parts))
 
 
-def test_basin_merge_benchmark_runs(tmp_path):
-    """``benchmarks/bench_basin_merge.py`` end to end on tiny maps."""
-    script = BENCHMARKS / "bench_basin_merge.py"
-    out = tmp_path / "merge.json"
-    args = ["--size", "16", "--batches", "1", "3", "--large-size", "24", "--repeats", "1", "--out", str(out)]
-    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["kind"], r["size"], r["batch"]) for r in rows] == [
-        ("smooth", 16, 1), ("smooth", 16, 3), ("noise", 16, 1), ("noise", 16, 3), ("noise", 24, 1)
-    ]  # fmt: skip
-    assert all(r["1thread_ms"] > 0 and r["all_threads_ms"] > 0 for r in rows)
-    assert all(r["edges_per_map"] > 0 for r in rows if r["kind"] == "noise")  # a smooth map may be one basin
-
-
 def test_basin_stats_runs(tmp_path):
     """``benchmarks/basin_stats.py`` end to end on tiny maps; its counts against plain ones."""
     script = BENCHMARKS / "basin_stats.py"

@@ -27,13 +27,16 @@ def test_gpu_check_dry_run(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     logs = ["env.txt", "install.log", "tests.log", "bench.log"]
-    assert files == sorted(logs + ["persistence_gpu.json", "sinkhorn_gpu.json", "refine_cuda.json"])
+    jsons = ["persistence_gpu", "sinkhorn_gpu", "refine_cuda", "selection_device"]
+    assert files == sorted(logs + [f"{name}.json" for name in jsons])
     assert "dry run: no GPU" in (out / "env.txt").read_text()
     tests_log = (out / "tests.log").read_text()
     assert " passed" in tests_log and "failed" not in tests_log
-    for name in ("persistence_gpu", "sinkhorn_gpu", "refine_cuda"):
+    for name in jsons:
         payload = json.loads((out / f"{name}.json").read_text())
         assert payload["rows"] and payload["environment"]["commit"] == "dry-run"
+    selection = json.loads((out / "selection_device.json").read_text())["rows"]
+    assert all(r["labels_agree"] and r["host_syncs_per_batch"] > 0 for r in selection)
 
 
 def test_gpu_check_refuses_an_unknown_stage(tmp_path):

@@ -141,3 +141,8 @@ def test_kernels_compile_for_hopper_without_spills():
     sig = {"parent_ptr": "*i64", "flags_ptr": "*i32", "stride": "i64", "n_nodes": "i64"}
     sig |= {"BLOCK": "constexpr"}
     assert compile_for_hopper(module, "_jump_kernel", sig, {"BLOCK": kernels.BLOCK})[1] == 0
+    for dtype in ("fp32", "fp64"):
+        for outside in (False, True):
+            sig = {"w_ptr": f"*{dtype}", **dict.fromkeys(("offsets_ptr", "saddle_ptr", "lo_ptr", "hi_ptr"), "*i64")}
+            sig |= {"uf_ptr": "*i64", "young_ptr": "*i64", "P": "i32", "OUTSIDE": "constexpr"}
+            assert compile_for_hopper(module, "_merge_kernel", sig, {"OUTSIDE": outside}, num_warps=1)[1] == 0

@@ -88,6 +88,41 @@ def test_triton_best_stability_matches_the_cpp_backend(rng):
         assert torch.equal(tri.n_iter.cpu(), cpp.n_iter)
 
 
+def test_best_stability_tiles_compile_for_hopper():
+    # The fused kernel holds M, the log kernel and S: up to 64 x 64 it must not spill either.
+    from topoot_gpu.transport import _triton
+
+    for block in (16, 32, 64, 128, 256):
+        regs, stack, seconds = compile_best_stability(block)
+        print(f"fp64 {block}x{block}: {regs} registers, {stack} bytes of stack, compiled in {seconds:.1f} s")
+        assert seconds < COMPILE_SECONDS, f"{block}x{block} compiled in {seconds:.0f} s"
+        if block <= _triton.REGISTER_TILE:
+            assert stack == 0, f"{block}x{block}: {regs} registers, {stack} bytes of stack (spills)"
+
+
+def test_fused_best_stability_equals_the_composed_one(rng):
+    # One launch (no plan in memory) gives the bits of sinkhorn + stability + best_match.
+    from topoot_gpu.transport import _triton
+    from topoot_gpu.transport.padded import padded_best_stability
+
+    sizes_p, sizes_q = [4, 0, 13, 2, 7], [6, 3, 0, 2, 9]
+    P = torch.from_numpy(np.sort(rng.random((sum(sizes_p), 2)), 1)).to(DEVICE)
+    Q = torch.from_numpy(np.sort(rng.random((sum(sizes_q), 2)), 1)).to(DEVICE)
+    p_sizes, q_sizes = torch.tensor(sizes_p, device=DEVICE), torch.tensor(sizes_q, device=DEVICE)
+    for cost in ("normalized", "diagonal"):
+        kw = dict(cost=cost, reg=0.3, max_iter=3000, stop_thr=1e-9)
+        fused = _triton.best_stability(P, p_sizes, Q, q_sizes, num_threads=1, **kw)
+        composed = padded_best_stability(
+            lambda a, b, M, domain: _triton.sinkhorn(
+                a, b, M, reg=0.3, max_iter=3000, stop_thr=1e-9, domain=domain, num_threads=1
+            ), P, p_sizes, Q, q_sizes, cost=cost, reg=0.3, domains=_triton.DOMAINS,
+        )  # fmt: skip
+        for name in ("s_row", "c_row", "s_col", "c_col", "n_iter"):
+            assert torch.equal(getattr(fused, name), getattr(composed, name)), (cost, name)
+        # A point whose problem has no partner: (0, +inf).
+        assert torch.all(fused.s_row[4:17] == 0) and torch.all(torch.isinf(fused.c_row[4:17]))
+
+
 def test_real_parameters_reach_the_kernel_in_the_problems_dtype(rng, monkeypatch):
     # Triton passes Python floats as fp32 scalars (the interpreter keeps fp64, so no result here
     # could show it): every real-valued argument must come as a tensor of the problem's dtype.
@@ -127,6 +162,20 @@ def compile_sinkhorn(dtype: str, block: int) -> tuple[int, int, float]:
     constexprs = {"BLOCK_N": block, "BLOCK_M": block}
     warps = _triton.num_warps(block, block)
     return compile_for_hopper("topoot_gpu.transport._triton", "_sinkhorn_log_kernel", sig, constexprs, warps)
+
+
+def compile_best_stability(block: int) -> tuple[int, int, float]:
+    """The fused best-stability kernel (float64, the selection's dtype) for a ``block x block`` tile."""
+    from topoot_gpu.testing import compile_for_hopper
+    from topoot_gpu.transport import _triton
+
+    pointers = ("M_ptr", "a_ptr", "b_ptr", "s_row_ptr", "c_row_ptr", "s_col_ptr", "c_col_ptr", "params_ptr")
+    sig = dict.fromkeys(pointers, "*fp64") | {"p_sizes_ptr": "*i64", "q_sizes_ptr": "*i64", "niter_ptr": "*i64"}
+    sig |= {"n": "i32", "m": "i32", "max_iter": "i32", "BLOCK_N": "constexpr", "BLOCK_M": "constexpr"}
+    warps = _triton.num_warps(block, block)
+    return compile_for_hopper(
+        "topoot_gpu.transport._triton", "_best_stability_kernel", sig, {"BLOCK_N": block, "BLOCK_M": block}, warps
+    )
 
 
 #: Longest ahead-of-time compile accepted for one tile (a first call on the GPU waits for it).

@@ -13,12 +13,14 @@ import itertools
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .core import backends
 from .persistence import _cuda
@@ -401,7 +403,7 @@ def host_launcher(lib: ctypes.CDLL, launched: list[str] | None = None, stale_rea
             else:
                 raise TypeError(f"{name}: argument of type {type(a)} would not reach the kernel as declared")
         head = [ctypes.c_uint(grid), ctypes.c_uint(block), ctypes.c_uint64(next(seeds))]
-        if name == "jump" and not int(args[-1][0]):
+        if name == "jump" and not args[-1].numpy()[0]:  # read as the GPU does, without a host sync
             name = "jump (idle)"
         if name == "jump" and stale_reads:
             lib.run_jump_stale(*head, ctypes.c_double(stale_reads), *c_args)
@@ -434,6 +436,66 @@ def cuda_host_kernels(
         finally:
             _cuda._launch = saved
             backends.HOST_EMULATED.discard("cuda")
+
+
+# --- Host synchronisations of the device paths --------------------------------------------------
+
+# The aten ops that wait for the device: a scalar read, a size only the data knows, a copy to the
+# host. repeat_interleave waits unless told its output size; indexing waits on a bool mask.
+_SIZE_OPS = {"nonzero", "_unique", "_unique2", "unique_dim", "unique_consecutive", "masked_select"}
+
+
+def _waits(name: str, args: tuple, kwargs: dict) -> bool:
+    if name in _SIZE_OPS or name == "_local_scalar_dense":
+        return True
+    if name == "repeat_interleave":
+        return kwargs.get("output_size") is None
+    if name in ("index", "index_put", "index_put_"):
+        indices = args[1] if len(args) > 1 else ()
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+    if name == "_to_copy":
+        device = kwargs.get("device")
+        return device is not None and torch.device(device).type == "cpu"
+    return False
+
+
+def _asking_module() -> str:
+    """The innermost ``topoot_gpu`` module on the stack (not this one, nor ``core.host``: a read is
+    the caller's)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("topoot_gpu") and module not in (__name__, "topoot_gpu.core.host"):
+            return module
+        frame = frame.f_back
+    return "?"
+
+
+class _SyncCounter(TorchDispatchMode):
+    def __init__(self, events: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.events = events
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if _waits(name, args, kwargs):
+            self.events.append((name, _asking_module()))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[list[tuple[str, str]]]:
+    """Record every op that would make the host wait for a GPU, on any device (a CUDA-free stand-in
+    for ``torch.cuda.set_sync_debug_mode``): ``(op, module)`` per event, the module being the
+    innermost ``topoot_gpu`` module that asked. Counts scalar reads (``item``, ``bool``, ``int``),
+    data-sized results (``nonzero``, ``unique``, ``masked_select``, bool-mask indexing,
+    ``repeat_interleave`` without ``output_size``) and copies to the CPU
+    (:func:`topoot_gpu.core.host.to_host`). ``.numpy()`` and ``.tolist()`` on CPU tensors are
+    invisible to it: ``tests/test_device_path.py`` checks the device paths' source for them."""
+    events: list[tuple[str, str]] = []
+    with _SyncCounter(events):
+        yield events
 
 
 # --- Triton kernels compiled ahead of time for the GPU machine's architecture --------------------

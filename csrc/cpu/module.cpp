@@ -10,7 +10,6 @@
 #include <type_traits>
 #include <string>
 
-#include "basin_merge_host.h"
 #include "parallel.h"
 #include "best_stability_cpu.h"
 #include "head_cpu.h"
@@ -98,44 +97,6 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
     if (finite) topoot::batch_persistence<T>(x, B, H, W, opt, num_threads, pairs);
   }
   if (!finite) throw std::invalid_argument("maps: contains NaN or infinite values");
-  return pack_pairs(pairs);
-}
-
-// The GPU backends' sequential step: the elder rule on the basin graph (basin_merge_host.h).
-py::tuple basin_merge(const Array<int64_t>& offsets, const Array<int64_t>& saddle, const Array<int64_t>& root_a,
-                      const Array<int64_t>& root_b, const Array<double>& w_saddle, const Array<double>& w_a,
-                      const Array<double>& w_b, int64_t P, bool outside, int64_t dim, double sign, int num_threads) {
-  const int64_t B = offsets.shape(0) - 1;
-  if (offsets.ndim() != 1 || B < 0) throw std::invalid_argument("offsets: expected B + 1 offsets");
-  const int64_t n = offsets.data()[B];
-  for (const auto* a : {&saddle, &root_a, &root_b}) {
-    if (a->ndim() != 1 || a->shape(0) != n) throw std::invalid_argument("edges: expected offsets[-1] entries each");
-  }
-  for (const auto* a : {&w_saddle, &w_a, &w_b}) {
-    if (a->ndim() != 1 || a->shape(0) != n) throw std::invalid_argument("edges: expected offsets[-1] values each");
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    if (offsets.data()[b] > offsets.data()[b + 1] || offsets.data()[b] < 0)
-      throw std::invalid_argument("offsets: expected nondecreasing offsets from 0");
-    for (int64_t e = offsets.data()[b] + 1; e < offsets.data()[b + 1]; ++e) {
-      const double w0 = w_saddle.data()[e - 1], w1 = w_saddle.data()[e];
-      if (w1 < w0 || (w1 == w0 && saddle.data()[e] < saddle.data()[e - 1]))
-        throw std::invalid_argument("edges: expected each image's edges sorted by (w_saddle, saddle)");
-    }
-  }
-  for (const auto* a : {&saddle, &root_a, &root_b}) {
-    const int64_t* x = a->data();
-    for (int64_t k = 0; k < n; ++k)
-      if (x[k] < 0 || x[k] > P || (x[k] == P && (!outside || a == &saddle)))
-        throw std::invalid_argument("edges: node index out of range");
-  }
-  topoot::BasinEdges edges{offsets.data(), saddle.data(), root_a.data(), root_b.data(),
-                           w_saddle.data(), w_a.data(), w_b.data()};
-  std::vector<topoot::ImagePairs> pairs;
-  {
-    py::gil_scoped_release release;
-    topoot::basin_merge(edges, B, P, outside, dim, sign, num_threads, pairs);
-  }
   return pack_pairs(pairs);
 }
 
@@ -291,9 +252,6 @@ PYBIND11_MODULE(_C, m) {
       if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyboardInterrupt, "interrupted");
     }
   });
-  m.def("basin_merge", &basin_merge, py::arg("offsets"), py::arg("saddle"), py::arg("root_a"), py::arg("root_b"),
-        py::arg("w_saddle"), py::arg("w_a"), py::arg("w_b"), py::arg("P"), py::arg("outside"), py::arg("dim"),
-        py::arg("sign"), py::arg("num_threads"));
   m.def("head_loss_f32", &head_loss_impl<float>, py::arg("e"), py::arg("y"), py::arg("partner"), py::arg("weight"),
         py::arg("reg"), py::arg("iters"), py::arg("eps"), py::arg("entropy_base"), py::arg("ot_weight"),
         py::arg("margin"), py::arg("pair_eps"), py::arg("num_threads"));

@@ -163,4 +163,14 @@ void run_boundary_f64(unsigned g, unsigned b, uint64_t seed, const double* w, co
   run(boundary_f64, g, b, seed, w, root, saddle, H, W, n, conn8);
 }
 
+void run_merge_f32(unsigned g, unsigned b, uint64_t seed, const float* w, const i64* offsets, const i64* saddle,
+                   const i64* lo, const i64* hi, i64* uf, i64* young, i64 B, i64 P, int outside) {
+  run(merge_f32, g, b, seed, w, offsets, saddle, lo, hi, uf, young, B, P, outside);
+}
+
+void run_merge_f64(unsigned g, unsigned b, uint64_t seed, const double* w, const i64* offsets, const i64* saddle,
+                   const i64* lo, const i64* hi, i64* uf, i64* young, i64 B, i64 P, int outside) {
+  run(merge_f64, g, b, seed, w, offsets, saddle, lo, hi, uf, young, B, P, outside);
+}
+
 }  // extern "C"

@@ -7,7 +7,8 @@
 //             rounds launched back to back (topoot_gpu/persistence/_basins.py: jump_rounds); any
 //             ancestor is a valid value to read, so in-place updates only speed it up;
 //   boundary: for each neighbour pair counted once (E, S and, 8-connected, SE, SW), the later pixel
-//             of the pair when its two pixels lie in different basins, else -1.
+//             of the pair when its two pixels lie in different basins, else -1;
+//   merge:    the elder rule along each image's basin graph (Kruskal's order), one thread per image.
 // Compiled at run time by NVRTC (CuPy RawModule) and, in CI, by nvcc (CMake target cuda_check).
 // No includes: NVRTC has no standard headers.
 
@@ -82,6 +83,46 @@ __device__ void boundary(const T* w, const i64* root, i64* saddle, int H, int W,
   }
 }
 
+// The root of x with path halving (every node on the path then points two steps up).
+__device__ __forceinline__ i64 find(i64* uf, i64 x) {
+  while (uf[x] != x) {
+    uf[x] = uf[uf[x]];
+    x = uf[x];
+  }
+  return x;
+}
+
+// One image's union-find along its basin-graph edges [offsets[b], offsets[b + 1]) in Kruskal's
+// order (lo, hi: two basins' roots, P the outside node; s: their lowest saddle). uf [B, P + 1]
+// holds each edge node at itself on entry. young[e]: the root that dies at edge e by the elder rule
+// (the later root in the order (w, index), the outside node being the earliest), or -1 when the
+// edge joins one component or the pair has zero length. Sequential within an image (the elder rule
+// is an ordered scan), parallel over the batch; the graph is far smaller than the image.
+template <typename T>
+__device__ void merge(const T* w, const i64* offsets, const i64* saddle, const i64* lo, const i64* hi, i64* uf,
+                      i64* young, i64 B, i64 P, int outside) {
+  const i64 b = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  const T* wb = w + b * P;
+  i64* u = uf + b * (P + 1);
+  for (i64 e = offsets[b]; e < offsets[b + 1]; ++e) {
+    i64 ra = find(u, lo[e]), rb = find(u, hi[e]), dies = -1;
+    if (ra != rb) {
+      const bool a_older = (outside && (ra == P || rb == P))
+                               ? ra == P
+                               : earlier(order_key(wb[ra]), ra, order_key(wb[rb]), rb);
+      if (a_older) {
+        const i64 t = ra;
+        ra = rb;
+        rb = t;
+      }
+      u[ra] = rb;  // ra, the young root, is never the outside node
+      if (order_key(wb[ra]) != order_key(wb[saddle[e]])) dies = ra;
+    }
+    young[e] = dies;
+  }
+}
+
 extern "C" {
 
 __global__ void descent_f32(const float* w, i64* parent, int H, int W, i64 n_pixels, int conn8, int outside) {
@@ -116,6 +157,16 @@ __global__ void boundary_f32(const float* w, const i64* root, i64* saddle, int H
 
 __global__ void boundary_f64(const double* w, const i64* root, i64* saddle, int H, int W, i64 n_pixels, int conn8) {
   boundary<double>(w, root, saddle, H, W, n_pixels, conn8);
+}
+
+__global__ void merge_f32(const float* w, const i64* offsets, const i64* saddle, const i64* lo, const i64* hi,
+                          i64* uf, i64* young, i64 B, i64 P, int outside) {
+  merge<float>(w, offsets, saddle, lo, hi, uf, young, B, P, outside);
+}
+
+__global__ void merge_f64(const double* w, const i64* offsets, const i64* saddle, const i64* lo, const i64* hi,
+                          i64* uf, i64* young, i64 B, i64 P, int outside) {
+  merge<double>(w, offsets, saddle, lo, hi, uf, young, B, P, outside);
 }
 
 }  // extern "C"

@@ -13,39 +13,47 @@ import torch.nn.functional as F
 from .validation import check_maps
 
 
-def normalise_maps(a: np.ndarray) -> np.ndarray:
+def normalise_maps(a: Any) -> Any:
     """Per image ``(A - min) / (max - min)`` of ``[B, H, W]`` in float64; constant images become zeros.
+    A numpy array gives a numpy array; a tensor gives a tensor on its device (computed there, with
+    no host synchronisation).
 
     A finite map whose range overflows float64 (``max - min > 1.8e308``, e.g. values near
-    ``+-1.7e308``) is first divided by a power of two above its largest magnitude (``ldexp``, exact), then
+    ``+-1.7e308``) is first divided by a power of two above its largest magnitude (exact), then
     normalised: values in ``[0, 1]``, never inf or NaN. Any other map gets the released formula's
-    bits.
+    bits (multiplied by 1).
     """
-    a = a.astype(np.float64)
-    lo = a.min(axis=(1, 2), keepdims=True)
-    hi = a.max(axis=(1, 2), keepdims=True)
-    with np.errstate(over="ignore", invalid="ignore"):
-        span = hi - lo
-        huge = ~np.isfinite(span)
-        if huge.any():
-            e = np.where(huge, np.frexp(np.maximum(np.abs(lo), np.abs(hi)))[1], 0)
-            a, lo, hi = np.ldexp(a, -e), np.ldexp(lo, -e), np.ldexp(hi, -e)
-            span = hi - lo
-        return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
+    if isinstance(a, np.ndarray):
+        return normalise_maps(torch.from_numpy(a.astype(np.float64))).numpy()
+    a = a.to(torch.float64)
+    lo = a.amin(dim=(1, 2), keepdim=True)
+    hi = a.amax(dim=(1, 2), keepdim=True)
+    huge = ~torch.isfinite(hi - lo)
+    exponent = torch.frexp(torch.maximum(lo.abs(), hi.abs())).exponent
+    scale = torch.ldexp(torch.ones_like(lo), torch.where(huge, -exponent, 0))  # 2**-e, exact
+    lo, hi = lo * scale, hi * scale
+    span = hi - lo
+    out = a * scale  # a fresh tensor: the steps below run in place
+    return out.sub_(lo).div_(torch.where(span > 0, span, 1.0)).masked_fill_(span <= 0, 0.0)
 
 
-def quantised_level_maps(a: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
-    """``[B, len(levels) + 1, H, W]``: each ``k`` gives ``round((a - min) / s) * s + min``,
-    ``s = (max - min) / (k - 1)``, round half to even (``k <= 1`` or a constant map: ``a``); the map
-    itself last."""
-    lo = a.min(axis=(1, 2), keepdims=True)
-    hi = a.max(axis=(1, 2), keepdims=True)
-    out = []
-    for k in levels:
-        s = (hi - lo) / (k - 1) if k > 1 else np.ones_like(lo)
-        q = np.round((a - lo) / np.where(s > 0, s, 1.0)) * s + lo
-        out.append(np.where((k > 1) & (hi > lo), q, a))
-    return np.stack(out + [a], axis=1)
+def quantised_level_maps(a: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """``[B, len(levels) + 1, H, W]`` of float64 maps ``a [B, H, W]``: each ``k`` gives
+    ``round((a - min) / s) * s + min``, ``s = (max - min) / (k - 1)``, round half to even (``k <= 1``
+    or a constant map: ``a``); the map itself last."""
+    lo = a.amin(dim=(1, 2), keepdim=True)
+    hi = a.amax(dim=(1, 2), keepdim=True)
+    out = torch.empty((a.shape[0], len(levels) + 1, *a.shape[1:]), dtype=a.dtype, device=a.device)
+    out[:, -1] = a
+    for i, k in enumerate(levels):
+        q = out[:, i]
+        if k <= 1:
+            q.copy_(a)
+            continue
+        s = (hi - lo) / (k - 1)
+        torch.sub(a, lo, out=q).div_(torch.where(s > 0, s, 1.0)).round_().mul_(s).add_(lo)
+        torch.where(hi > lo, q, a, out=q)
+    return out
 
 
 def map_features(maps: Any) -> Any:

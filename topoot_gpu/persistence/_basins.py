@@ -1,7 +1,7 @@
 """The basin algorithm shared by the ``"cuda"`` and ``"triton"`` persistence backends: basins in
 parallel, the elder rule on the small basin graph. Backend-neutral torch code (CI runs it on CPU
 tensors, with the Triton interpreter or the CUDA source compiled for the host); the kernels come
-from the backend's module (``descent``, ``jump``, ``boundary``).
+from the backend's module (``descent``, ``jump``, ``boundary``, ``merge``).
 
 Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence.api`) of a batch ``[B, H, W]``:
 
@@ -15,9 +15,10 @@ Each pass (H0, and H1 by duality; see :mod:`topoot_gpu.persistence.api`) of a ba
    later of its two pixels;
 4. the basin graph (torch ops on the device, :func:`basin_graph`): the lowest saddle of each pair
    of adjacent basins (a segmented minimum), sorted in saddle order;
-5. the elder rule (Kruskal's union-find) along those edges, in C++ on the host
-   (``csrc/cpu/basin_merge_host.cpp``): only the basin graph travels, not the maps. How small the
-   graph is on smooth and noisy maps: ``benchmarks/basin_stats.py`` and its results.
+5. ``merge``: the elder rule (Kruskal's union-find) along those edges, one thread per image on the
+   device; then the pairs are gathered with torch ops. Nothing goes to the host but three sizes
+   per pass (:func:`basin_persistence`). How small the graph is on smooth and noisy maps:
+   ``benchmarks/basin_stats.py`` and its results.
 
 Exact: the component of a pixel in the sublevel set of any level is a union of basins (a pixel's
 descent path stays below it), and two basins are joined at the lowest saddle of a chain of
@@ -25,20 +26,18 @@ crossing pairs, so the pairs, and their birth and death pixels, are those of the
 all pixels in the same order, which is what the CPU core computes (ties included: the order is
 strict). Why this design: steps 1-3 are one independent computation per pixel, the shape GPUs
 are good at, and steps 3-4 shrink the problem to the basin graph, which is small on anomaly maps
-(hundreds of minima) and at worst a fraction of the pixels on raw noise; the union-find left on
-the host is then linear in that graph (the sort is done on the device).
+(hundreds of minima) and at worst a fraction of the pixels on raw noise; the ordered union-find is
+then linear in that graph, one sequential scan per image, the images in parallel.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from types import ModuleType
 
-import numpy as np
 import torch
-
-from .. import _C
 
 # Pixels per chunk of the batch: a pass holds parents, four saddle slots, the crossing pairs and
 # their sort (peak bytes per pixel: benchmarks/basin_stats.py and its results), so a chunk stays
@@ -104,82 +103,98 @@ def basin_persistence(
     kernels: ModuleType,
     num_threads: int = 0,
     on_stage: Callable[[str], None] | None = None,
-) -> tuple[np.ndarray, ...]:
+) -> tuple[torch.Tensor, ...]:
     """The fields of :class:`~topoot_gpu.Diagrams` (image, dim, birth, death, birth_pixel,
-    death_pixel) of ``maps [B, H, W]`` (float32/float64 on the kernels' device). ``conn8_h0``: H0
-    is 8-connected (construction T; the dual pass is then 4-connected). ``num_threads``: threads
-    of the host-side merge (0: all cores). ``on_stage(name)``, if given, is called at the end of
-    every stage of every pass (``STAGES``), for profiling. Batches of more than ``CHUNK_PIXELS``
-    pixels run in chunks of whole maps, to bound device memory."""
+    death_pixel) of ``maps [B, H, W]`` (float32/float64 on the kernels' device), as tensors on that
+    device. ``conn8_h0``: H0 is 8-connected (construction T; the dual pass is then 4-connected).
+    ``num_threads`` is not used (every stage runs on the device). ``on_stage(name)``, if given, is
+    called at the end of every stage of every pass (``STAGES``), for profiling. Batches of more
+    than ``CHUNK_PIXELS`` pixels run in chunks of whole maps, to bound device memory.
+
+    Host synchronisations (:data:`HOST_READS_PER_PASS` per pass and chunk): the number of crossing
+    pairs (``nonzero``), of distinct basin pairs (``unique``) and of pairs found (``nonzero``),
+    each a size that allocates the next ragged buffer; nothing else leaves the device."""
     B, H, W = maps.shape
     per_chunk = max(1, CHUNK_PIXELS // (H * W))
     chunks = []
     for start in range(0, B, per_chunk):
         image, *rest = _chunk_persistence(
-            maps[start : start + per_chunk], superlevel, conn8_h0, dim0, dim1, kernels, num_threads, on_stage
+            maps[start : start + per_chunk], superlevel, conn8_h0, dim0, dim1, kernels, on_stage
         )
         chunks.append((image + start, *rest))
     if len(chunks) == 1:
         return chunks[0]
-    return tuple(np.concatenate([c[k] for c in chunks]) for k in range(6))
+    return tuple(torch.cat([c[k] for c in chunks]) for k in range(6))
 
 
-def _chunk_persistence(
-    maps, superlevel, conn8_h0, dim0, dim1, kernels, num_threads, on_stage
-) -> tuple[np.ndarray, ...]:
+#: Sizes read on the host by one pass of one chunk (see :func:`basin_persistence`).
+HOST_READS_PER_PASS = 3
+
+
+def _chunk_persistence(maps, superlevel, conn8_h0, dim0, dim1, kernels, on_stage) -> tuple[torch.Tensor, ...]:
     B, H, W = maps.shape
     P = H * W
     v = maps.reshape(B, P).contiguous()
+    dev = v.device
     parts = []
     if dim0:
         sign = -1.0 if superlevel else 1.0
         w = -v if superlevel else v
-        parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels, num_threads, on_stage))
+        parts.append(_pass(w, H, W, conn8_h0, False, 0, sign, kernels, on_stage))
         # The essential class: the first pixel of the order.
-        index = torch.arange(P, device=w.device).expand(B, P)
+        index = torch.arange(P, device=dev).expand(B, P)
         first = torch.where(w == w.min(dim=1, keepdim=True).values, index, P).min(dim=1).values
-        birth = v.gather(1, first[:, None])[:, 0].double()
         parts.append(
             (
-                np.arange(B, dtype=np.int64),
-                np.zeros(B, dtype=np.int64),
-                birth.cpu().numpy(),
-                np.full(B, -np.inf if superlevel else np.inf),
-                first.cpu().numpy(),
-                np.full(B, -1, dtype=np.int64),
+                torch.arange(B, device=dev),
+                torch.zeros(B, dtype=torch.int64, device=dev),
+                v.gather(1, first[:, None])[:, 0].double(),
+                torch.full((B,), -math.inf if superlevel else math.inf, dtype=torch.float64, device=dev),
+                first,
+                torch.full((B,), -1, dtype=torch.int64, device=dev),
             )
         )
     if dim1:
         # Dual pass: the other order and connectivity, with the outside node first.
         sign = 1.0 if superlevel else -1.0
         w = v if superlevel else -v
-        parts.append(_pass(w, H, W, not conn8_h0, True, 1, sign, kernels, num_threads, on_stage))
-    fields = [np.concatenate([p[k] for p in parts]) for k in range(6)]
-    order = np.argsort(fields[0], kind="stable")  # per image: H0 pairs, essential, H1 pairs
+        parts.append(_pass(w, H, W, not conn8_h0, True, 1, sign, kernels, on_stage))
+    fields = [torch.cat([p[k] for p in parts]) for k in range(6)]
+    order = torch.argsort(fields[0], stable=True)  # per image: H0 pairs, essential, H1 pairs
     return tuple(f[order] for f in fields)
 
 
 # The stages of a pass, in order, as named to ``on_stage``.
-STAGES = ("descent", "jump", "boundary", "basin_graph", "to_host", "merge")
+STAGES = ("descent", "jump", "boundary", "basin_graph", "merge")
 
 
-def _pass(
-    w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels, num_threads, on_stage
-):
-    offsets, *edges = basin_edges(w, H, W, conn8, outside, kernels, on_stage)
-    pairs = _C.basin_merge(offsets, *edges, w.shape[1], outside, dim, sign, num_threads)
-    if on_stage is not None:
-        on_stage("merge")
-    return pairs
+def _pass(w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, dim: int, sign: float, kernels, on_stage):
+    """One pass's pairs (the six fields), in edge order within each image."""
+    stage = on_stage or (lambda name: None)
+    B, P = w.shape
+    image, s, lo, hi = basin_edges(w, H, W, conn8, outside, kernels, stage)
+    offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device))
+    uf = torch.empty((B, P + 1), dtype=torch.int64, device=w.device)
+    uf[image, lo] = lo
+    uf[image, hi] = hi
+    young = kernels.merge(w, offsets, s, lo, hi, uf, outside)
+    _check_written(young, -1, "merge")
+    k = torch.nonzero(young >= 0).flatten()
+    image, s, young = image[k], s[k], young[k]
+    w_saddle = sign * w[image, s].double()
+    w_young = sign * w[image, young].double()
+    stage("merge")
+    # The dual pass reads (b', d') of -a as (-d', -b'): the saddle gives the birth.
+    birth, death = (w_saddle, w_young) if outside else (w_young, w_saddle)
+    birth_pixel, death_pixel = (s, young) if outside else (young, s)
+    return image, torch.full_like(image, dim), birth, death, birth_pixel, death_pixel
 
 
 def basin_edges(
-    w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, kernels: ModuleType, on_stage=None
-) -> tuple[np.ndarray, ...]:
-    """Steps 1-4 of one pass on ``w [B, P]`` (pass-order values): the host arrays that
-    ``_C.basin_merge`` takes, ``(offsets, saddle, root_a, root_b, w_saddle, w_a, w_b)``."""
-    stage = on_stage or (lambda name: None)
-    B, P = w.shape
+    w: torch.Tensor, H: int, W: int, conn8: bool, outside: bool, kernels: ModuleType, stage: Callable[[str], None]
+) -> tuple[torch.Tensor, ...]:
+    """Steps 1-4 of one pass on ``w [B, P]`` (pass-order values): the basin graph's edges in
+    Kruskal's order, on the device (:func:`basin_graph`)."""
     parent = kernels.descent(w, H, W, conn8, outside)
     _check_written(parent, 0, "descent")
     stage("descent")
@@ -189,30 +204,9 @@ def basin_edges(
     saddle = kernels.boundary(w, root, H, W, conn8)
     _check_written(saddle, -1, "boundary")
     stage("boundary")
-    image, s, lo, hi = basin_graph(w, saddle, root, W, conn8)
-    offsets = torch.searchsorted(image, torch.arange(B + 1, device=w.device))
-    values = (_w_at(w, image, s), _w_at(w, image, lo), _w_at(w, image, hi))
-    # One copy to the host: the int64 arrays and the float64 values' bits in one buffer (pinned,
-    # so the copy needs no staging through pageable memory).
-    packed = torch.cat([offsets, s, lo, hi, *(v.view(torch.int64) for v in values)])
+    edges = basin_graph(w, saddle, root, W, conn8)
     stage("basin_graph")
-    if packed.device.type == "cpu":
-        host = packed.numpy()
-    else:
-        host = torch.empty(packed.shape, dtype=torch.int64, pin_memory=True)
-        host.copy_(packed)
-        host = host.numpy()
-    stage("to_host")
-    E = len(s)
-    ints = np.split(host[: B + 1 + 3 * E], [B + 1, B + 1 + E, B + 1 + 2 * E])
-    floats = np.split(host[B + 1 + 3 * E :].view(np.float64), [E, 2 * E])
-    return (*ints, *floats)
-
-
-def _w_at(w: torch.Tensor, image: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
-    """Float64 pass-order values of nodes; the outside node ``P`` comes before every pixel."""
-    P = w.shape[1]
-    return torch.where(node == P, float("-inf"), w[image, node.clamp(max=P - 1)].double())
+    return edges
 
 
 def basin_graph(w: torch.Tensor, saddle: torch.Tensor, root: torch.Tensor, W: int, conn8: bool):
@@ -235,7 +229,8 @@ def basin_graph(w: torch.Tensor, saddle: torch.Tensor, root: torch.Tensor, W: in
     image = pixel // P
     p = pixel % P
     d = k % nd
-    q = p + torch.tensor([0, 1, 1, 1], device=k.device)[d] * W + torch.tensor([1, 0, 1, -1], device=k.device)[d]
+    # Directions 0..3: E (0, 1), S (1, 0), SE (1, 1), SW (1, -1), as the boundary kernels number them.
+    q = p + (d > 0) * W + 1 - (d == 1).long() - 2 * (d == 3).long()
     ra = root[image, p]
     rb = root[image, q]
     key = (image * n_nodes + torch.minimum(ra, rb)) * n_nodes + torch.maximum(ra, rb)

@@ -127,5 +127,20 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     return saddle
 
 
+def merge(
+    w: torch.Tensor, offsets: torch.Tensor, saddle: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+    uf: torch.Tensor, outside: bool,
+) -> torch.Tensor:  # fmt: skip
+    """``[E]`` int64: the root dying at each basin-graph edge by the elder rule, else -1; one thread
+    per image, ``uf [B, P + 1]`` its union-find (edge nodes at themselves on entry)."""
+    B, P = w.shape
+    young = output(saddle.shape, w.device)
+    _launch(
+        f"merge_{_suffix(w)}", B, w.device,
+        w, offsets, saddle, lo, hi, uf, young, np.int64(B), np.int64(P), np.int32(outside),
+    )  # fmt: skip
+    return young
+
+
 #: The backend's entry (:mod:`topoot_gpu.persistence.api`): the basin algorithm with these kernels.
 cubical_persistence = partial(basin_persistence, kernels=sys.modules[__name__])

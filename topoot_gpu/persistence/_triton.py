@@ -9,7 +9,9 @@ Three kernels over the pixels of a batch ``[B, H, W]``, each pixel independent:
   :func:`~._basins.jump_rounds` rounds launched without a host synchronisation (a round after
   one that changed nothing does no work), so every pixel points at its basin's minimum;
 * ``boundary``: for every neighbour pair counted once (E, S and, 8-connected, SE, SW), the saddle
-  of the pair (the later pixel in the order) when the two pixels lie in different basins, else -1.
+  of the pair (the later pixel in the order) when the two pixels lie in different basins, else -1;
+* ``merge``: the elder rule along each image's basin graph in Kruskal's order, one program per
+  image (a scalar union-find: the scan is ordered, the graph small).
 
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (set before this module is
 imported), which is how CI tests it.
@@ -102,6 +104,44 @@ def _boundary_kernel(w_ptr, root_ptr, saddle_ptr, H, W, n_pixels, ND: tl.constex
         tl.store(saddle_ptr + x * ND + d, saddle, mask=valid)
 
 
+@triton.jit
+def _find(uf_ptr, x):
+    """The root of ``x`` with path halving."""
+    parent = tl.load(uf_ptr + x)
+    while parent != x:
+        grand = tl.load(uf_ptr + parent)
+        tl.store(uf_ptr + x, grand)
+        x = grand
+        parent = tl.load(uf_ptr + x)
+    return x
+
+
+@triton.jit
+def _merge_kernel(w_ptr, offsets_ptr, saddle_ptr, lo_ptr, hi_ptr, uf_ptr, young_ptr, P, OUTSIDE: tl.constexpr):
+    # As merge in csrc/cuda/persistence_cuda.cu: young[e] is the root dying at edge e, else -1.
+    b = tl.program_id(0).to(tl.int64)
+    wb_ptr = w_ptr + b * P
+    u_ptr = uf_ptr + b * (P + 1)
+    start = tl.load(offsets_ptr + b)
+    end = tl.load(offsets_ptr + b + 1)
+    e = start
+    while e < end:
+        ra = _find(u_ptr, tl.load(lo_ptr + e))
+        rb = _find(u_ptr, tl.load(hi_ptr + e))
+        joins = ra != rb
+        wa = tl.load(wb_ptr + ra, mask=ra < P, other=0.0)
+        wr = tl.load(wb_ptr + rb, mask=rb < P, other=0.0)
+        a_older = (wa < wr) | ((wa == wr) & (ra < rb))
+        if OUTSIDE:
+            a_older = tl.where((ra == P) | (rb == P), ra == P, a_older)
+        young = tl.where(a_older, rb, ra)  # never the outside node
+        tl.store(u_ptr + young, tl.where(a_older, ra, rb), mask=joins)
+        ws = tl.load(wb_ptr + tl.load(saddle_ptr + e))
+        dies = tl.where(joins & (tl.where(a_older, wr, wa) != ws), young, -1)
+        tl.store(young_ptr + e, dies)
+        e += 1
+
+
 def _grid(n: int):
     return (triton.cdiv(n, BLOCK),)
 
@@ -131,6 +171,19 @@ def boundary(w: torch.Tensor, root: torch.Tensor, H: int, W: int, conn8: bool) -
     saddle = output((B * P * nd,), w.device)
     _boundary_kernel[_grid(B * P)](w, root, saddle, H, W, B * P, ND=nd, BLOCK=BLOCK)
     return saddle
+
+
+def merge(
+    w: torch.Tensor, offsets: torch.Tensor, saddle: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+    uf: torch.Tensor, outside: bool,
+) -> torch.Tensor:  # fmt: skip
+    """``[E]`` int64: the root dying at each basin-graph edge by the elder rule, else -1; one program
+    per image, ``uf [B, P + 1]`` its union-find (edge nodes at themselves on entry)."""
+    B, P = w.shape
+    young = output(saddle.shape, w.device)
+    if B:
+        _merge_kernel[(B,)](w, offsets, saddle, lo, hi, uf, young, P, OUTSIDE=outside, num_warps=1)
+    return young
 
 
 #: The backend's entry (:mod:`topoot_gpu.persistence.api`): the basin algorithm with these kernels.

@@ -19,14 +19,20 @@ This module checks the arguments once and dispatches through the backend table
 (:mod:`topoot_gpu.core.backends`) to one module per backend, each with a function
 ``cubical_persistence(maps, *, superlevel, conn8_h0, dim0, dim1, num_threads)`` taking a validated
 ``[B, H, W]`` float32/float64 tensor on the device it runs on and returning the fields of
-:class:`Diagrams`: ``_cpp`` (the C++ union-find core), ``_cuda`` and ``_triton`` (the basin
-algorithm of ``_basins`` with CUDA C++ or Triton kernels), ``reference`` (GUDHI).
+:class:`Diagrams` (numpy arrays or tensors on that device): ``_cpp`` (the C++ union-find core),
+``_cuda`` and ``_triton`` (the basin algorithm of ``_basins`` with CUDA C++ or Triton kernels,
+everything on the device), ``reference`` (GUDHI). :func:`cubical_persistence` returns numpy
+:class:`Diagrams`; :func:`cubical_persistence_tensors` returns the same rows as tensors where the
+backend ran, which is how the selection keeps a GPU backend's pairs on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
 
 from ..core import backends
 from ..core.validation import check_choice, check_finite, check_maps, check_threads
@@ -44,6 +50,18 @@ def check_dims(dims: Any) -> tuple[bool, bool]:
     if not dims or any(d not in (0, 1) or isinstance(d, bool) for d in dims):
         raise ValueError(f"dims: expected a non-empty subset of (0, 1), got {dims!r}")
     return 0 in dims, 1 in dims
+
+
+class DiagramTensors(NamedTuple):
+    """The rows of :class:`Diagrams` as tensors on the device the backend ran on: ``image``,
+    ``dim``, ``birth_pixel``, ``death_pixel`` int64 and ``birth``, ``death`` float64, ``[k]`` each."""
+
+    image: torch.Tensor
+    dim: torch.Tensor
+    birth: torch.Tensor
+    death: torch.Tensor
+    birth_pixel: torch.Tensor
+    death_pixel: torch.Tensor
 
 
 def cubical_persistence(
@@ -73,26 +91,63 @@ def cubical_persistence(
             Triton; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``; extra ``triton``),
             ``"reference"`` (GUDHI ``CubicalComplex``; host inputs; extra ``test``). A backend that
             does not take the maps' device raises a ``ValueError`` (:mod:`topoot_gpu.core.backends`).
-        num_threads: worker threads over the batch for ``"cpp"`` and for the host-side merge of
-            ``"cuda"`` and ``"triton"`` (default: all cores).
+        num_threads: worker threads over the batch for ``"cpp"`` (default: all cores).
 
     Returns:
-        A :class:`Diagrams` with every pair of every image. Values are the input's values widened
-        to float64, so ``map[birth_pixel] == birth`` exactly.
+        A :class:`Diagrams` with every pair of every image (numpy, on the host). Values are the
+        input's values widened to float64, so ``map[birth_pixel] == birth`` exactly.
     """
+    fields, (B, H, W) = _persistence(maps, filtration, construction, dims, backend, num_threads)
+    host = (f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in fields)
+    return Diagrams(*host, batch_size=B, shape=(H, W), filtration=filtration, construction=construction)
+
+
+def cubical_persistence_tensors(
+    maps: Any,
+    *,
+    filtration: str = "sublevel",
+    construction: str = "T",
+    dims: Iterable[int] = (0, 1),
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> DiagramTensors:
+    """The rows of :func:`cubical_persistence` (same arguments, same rows in the same order) as
+    tensors on the device the backend ran on: a CUDA backend's pairs never leave the GPU (the
+    host reads three sizes per pass, :func:`topoot_gpu.persistence._basins.basin_persistence`);
+    the host backends' arrays are wrapped without a copy."""
+    fields, _ = _persistence(maps, filtration, construction, dims, backend, num_threads)
+    return DiagramTensors(*(torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in fields))
+
+
+def _persistence(maps, filtration, construction, dims, backend, num_threads):
+    """Validate once, dispatch: the backend's six fields and the batch's shape."""
     check_choice("filtration", filtration, FILTRATIONS)
     check_choice("construction", construction, CONSTRUCTIONS)
     backend = backends.check_backend(KERNEL, backend)
-    dim0, dim1 = check_dims(dims)
+    check_dims(dims)
     threads = check_threads(num_threads)
     batch = check_maps(maps, finite=False)
     name, device = backends.resolve(KERNEL, backend, batch.device)
     t = batch.tensor.to(device)
     if name != "cpp":  # the C++ core checks for NaN/inf while it reads the maps
         check_finite(t, "maps")
-    fields = backends.load(KERNEL, name).cubical_persistence(
+    fields = _dispatch(t, name, filtration, construction, dims, threads)
+    return fields, tuple(t.shape)
+
+
+def _dispatch(t: torch.Tensor, name: str, filtration: str, construction: str, dims, threads: int):
+    dim0, dim1 = check_dims(dims)
+    return backends.load(KERNEL, name).cubical_persistence(
         t, superlevel=filtration == "superlevel", conn8_h0=construction == "T", dim0=dim0, dim1=dim1,
         num_threads=threads,
     )  # fmt: skip
-    B, H, W = t.shape
-    return Diagrams(*fields, batch_size=B, shape=(H, W), filtration=filtration, construction=construction)
+
+
+def pairs_of_valid_maps(
+    maps: torch.Tensor, *, filtration: str, construction: str, dims: Iterable[int], backend: str
+) -> DiagramTensors:
+    """:func:`cubical_persistence_tensors` of maps a stage has already validated (finite float32 or
+    float64 ``[B, H, W]`` on the device of ``backend``, a resolved backend name), without checking
+    them again: no host synchronisation but the backend's own."""
+    fields = _dispatch(maps, backend, filtration, construction, dims, check_threads(None))
+    return DiagramTensors(*(torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in fields))

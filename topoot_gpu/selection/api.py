@@ -5,8 +5,11 @@ For a batch of maps: every level map of every image goes through
 batch goes through one :func:`topoot_gpu.best_stability` call per step (all intra-filtration
 comparisons, then all cross-filtration ones); ranking and back-projection are vectorised over the
 batch. Both calls take the backends given to :func:`pseudo_labels`, so every backend of those
-stages is reachable from here. :func:`topoot_gpu.selection.reference.released_pseudo_label` is the
-same computation written plainly for one map with GUDHI and POT.
+stages is reachable from here. It is torch code on the persistence backend's device: with the GPU
+backends, CUDA maps stay on the GPU throughout and the host waits only for the reads
+:func:`host_reads` lists (and those of the backends, each documented where it happens).
+:func:`topoot_gpu.selection.reference.released_pseudo_label` is the same computation written
+plainly for one map with GUDHI and POT.
 
 Choices where the SPEC is silent (also in the reference):
 
@@ -22,6 +25,7 @@ Choices where the SPEC is silent (also in the reference):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +33,10 @@ import numpy as np
 import torch
 
 from ..core import backends
+from ..core.host import to_host
 from ..core.maps import normalise_maps, quantised_level_maps
 from ..core.validation import MapBatch, check_config, check_maps, check_threads
-from ..persistence.api import cubical_persistence
+from ..persistence.api import pairs_of_valid_maps
 from ..transport.api import best_stability
 from .candidates import Candidate, Selection
 from .config import SelectionConfig
@@ -50,149 +55,188 @@ class _Backends:
     transport_device: torch.device
 
 
+#: The selection's own host reads (sizes and the result) per filtration, besides its backends'
+#: (:func:`host_reads`).
+HOST_READS_PER_FILTRATION = 3
+
+
+def host_reads(config: SelectionConfig) -> int:
+    """How many times the selection's own code (not its persistence and transport calls) waits for
+    the device, for any batch: per filtration with candidates, the number of finite pairs (one
+    ``nonzero``), the candidate counts per image and level map (one ``[B, L]`` copy, which sizes
+    every ragged index after it) and the top-m cut (one ``nonzero``), plus, with
+    ``level_mode="threshold"``, one ``nonzero`` per truncation; then one copy of the chosen
+    candidates and thresholds (``[B, 10]``) for the :class:`Selection`. Everything else (level
+    maps, sorting, ranking, the best-stability updates, back-projection) is launched without
+    waiting."""
+    per = HOST_READS_PER_FILTRATION + (config.n_level_maps if config.level_mode == "threshold" else 0)
+    return per * sum(1 for d in (config.sub_dims, config.sup_dims) if d) + 1
+
+
 @dataclass
 class _Table:
-    """Candidates of one filtration, one row each, ordered by (image, level, low, high)."""
+    """Candidates of one filtration, one row each, ordered by (image, level, low, high), as
+    tensors on one device. ``sizes`` (host ``[B, L]``) counts each image's rows per level map."""
 
-    image: np.ndarray
-    level: np.ndarray
-    dim: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    birth_pixel: np.ndarray
-    death_pixel: np.ndarray
-    S: np.ndarray
-    C: np.ndarray
+    image: torch.Tensor
+    level: torch.Tensor
+    dim: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    birth_pixel: torch.Tensor
+    death_pixel: torch.Tensor
+    S: torch.Tensor
+    C: torch.Tensor
 
-    def take(self, idx: np.ndarray) -> _Table:
-        return _Table(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+    FIELDS = ("image", "level", "dim", "low", "high", "birth_pixel", "death_pixel", "S", "C")
+
+    def take(self, idx: torch.Tensor) -> _Table:
+        return _Table(*(getattr(self, f)[idx] for f in self.FIELDS))
 
     @property
-    def persistence(self) -> np.ndarray:
+    def persistence(self) -> torch.Tensor:
         return self.high - self.low
 
 
-def _candidates(
-    levels: np.ndarray, filtration: str, dims: tuple[int, ...], config: SelectionConfig, run: _Backends
-) -> _Table:
+def _lexsort(*keys: torch.Tensor) -> torch.Tensor:
+    """``numpy.lexsort`` on tensors (the last key primary): stable sorts, least significant first."""
+    order = torch.argsort(keys[0], stable=True)
+    for k in keys[1:]:
+        order = order[torch.argsort(k[order], stable=True)]
+    return order
+
+
+def _counts(group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Rows per group (``bincount`` without reading the largest group on the host)."""
+    return torch.zeros(n_groups, dtype=torch.int64, device=group.device).index_add_(0, group, torch.ones_like(group))
+
+
+def _positions(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's first row and each row's position within its group (rows sorted by group)."""
+    sizes = _counts(group, n_groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    return starts, torch.arange(len(group), device=group.device) - starts[group]
+
+
+def _candidates(levels: torch.Tensor, filtration: str, dims: tuple[int, ...], config: SelectionConfig, run: _Backends):
+    """A filtration's candidates of every level map (:class:`_Table`) and their counts per image and
+    level map (``[B, L]``, on the device and on the host)."""
     B, L = levels.shape[:2]
-    flat = levels.reshape(B * L, *levels.shape[2:])
-    d = cubical_persistence(
-        torch.from_numpy(flat).to(run.persistence_device), filtration=filtration, construction=config.construction,
+    d = pairs_of_valid_maps(
+        levels.reshape(B * L, *levels.shape[2:]), filtration=filtration, construction=config.construction,
         dims=dims, backend=run.persistence,
     )  # fmt: skip
-    keep = d.death_pixel >= 0  # finite pairs only
-    image, level = np.divmod(d.image[keep], L)
-    b, e = d.birth[keep], d.death[keep]
+    dev = d.image.device
+    finite = torch.nonzero(d.death_pixel >= 0).flatten()  # host read: the number of finite pairs
+    b, e = d.birth[finite], d.death[finite]
     rows = dict(
-        image=image,
-        level=level,
-        dim=d.dim[keep],
-        low=np.minimum(b, e),
-        high=np.maximum(b, e),
-        birth_pixel=d.birth_pixel[keep],
-        death_pixel=d.death_pixel[keep],
+        image=torch.div(d.image[finite], L, rounding_mode="floor"),
+        level=d.image[finite] % L,
+        dim=d.dim[finite],
+        low=torch.minimum(b, e),
+        high=torch.maximum(b, e),
+        birth_pixel=d.birth_pixel[finite],
+        death_pixel=d.death_pixel[finite],
     )
     if config.level_mode == "threshold":
         # One map per image; level t < len(levels) is its diagram truncated at levels[t].
         parts = []
         for t, tau in enumerate((*config.levels, None)):
             if tau is None:
-                sel = np.ones(len(b), dtype=bool)
+                sel = torch.ones_like(b, dtype=torch.bool)
             elif filtration == "sublevel":
                 sel = (b <= tau) & (e <= tau)
             else:
                 sel = (b >= tau) & (e >= tau)
-            parts.append({k: v[sel] for k, v in rows.items()} | {"level": np.full(int(sel.sum()), t)})
-        rows = {k: np.concatenate([p[k] for p in parts]) for k in rows}
-    order = np.lexsort((rows["high"], rows["low"], rows["level"], rows["image"]))
+            idx = torch.nonzero(sel).flatten()  # host read: the truncation's size
+            parts.append({k: v[idx] for k, v in rows.items()} | {"level": torch.full_like(idx, t)})
+        rows = {k: torch.cat([p[k] for p in parts]) for k in rows}
+    order = _lexsort(rows["high"], rows["low"], rows["level"], rows["image"])
     n = len(order)
-    return _Table(**{k: v[order] for k, v in rows.items()}, S=np.zeros(n), C=np.full(n, np.inf))
+    table = _Table(
+        **{k: v[order] for k, v in rows.items()},
+        S=torch.zeros(n, dtype=torch.float64, device=dev),
+        C=torch.full((n,), math.inf, dtype=torch.float64, device=dev),
+    )
+    n_levels = config.n_level_maps  # threshold mode: L truncations of one map
+    sizes = _counts(table.image * n_levels + table.level, B * n_levels).reshape(B, n_levels)
+    return table, sizes, to_host(sizes)  # host read: the counts
 
 
-def _group_positions(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sizes of the groups and each row's position within its group (rows sorted by group)."""
-    sizes = np.bincount(group, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return sizes, np.arange(len(group)) - starts[group]
+def _rows(starts: torch.Tensor, sizes: torch.Tensor, total: int) -> torch.Tensor:
+    """The table rows ``starts[k] .. starts[k] + sizes[k] - 1`` of every problem ``k``, in order
+    (``total = sum(sizes)``, known on the host, so nothing waits for the device)."""
+    prob = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes, output_size=total)
+    first = torch.cumsum(sizes, 0) - sizes
+    return starts[prob] + torch.arange(total, device=sizes.device) - first[prob]
 
 
-def _ragged(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The table rows ``starts[k] .. starts[k] + sizes[k] - 1`` of every problem ``k``, in order."""
-    prob = np.repeat(np.arange(len(sizes)), sizes)
-    return starts[prob] + np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-
-
-def _best_stabilities(P: np.ndarray, p_sizes: np.ndarray, Q: np.ndarray, q_sizes: np.ndarray, config, run: _Backends):
+def _best_stabilities(P, p_sizes, Q, q_sizes, config: SelectionConfig, run: _Backends):
     """Every problem ``(P_k, Q_k)`` of a step in one :func:`topoot_gpu.best_stability` call: for every
     point of P its best stability over its row and the cost there, and the same for every point of
-    Q over its column (SPEC 4.3 and 4.5), as host arrays."""
-    dev = run.transport_device
+    Q over its column (SPEC 4.3 and 4.5); a point whose problem has no partner gets ``(0, +inf)``.
+    Results on ``P``'s device."""
+    dev, home = run.transport_device, P.device
     res = best_stability(
-        torch.from_numpy(np.ascontiguousarray(P)).to(dev), torch.from_numpy(p_sizes).to(dev),
-        torch.from_numpy(np.ascontiguousarray(Q)).to(dev), torch.from_numpy(q_sizes).to(dev), cost=config.cost,
-        reg=config.reg, max_iter=config.max_iter, stop_thr=config.stop_thr, backend=run.transport,
-        num_threads=check_threads(None), max_memory=config.max_memory,
+        P.to(dev), p_sizes.to(dev), Q.to(dev), q_sizes.to(dev), cost=config.cost, reg=config.reg,
+        max_iter=config.max_iter, stop_thr=config.stop_thr, backend=run.transport, num_threads=check_threads(None),
+        max_memory=config.max_memory,
     )  # fmt: skip
-    return (res.s_row.cpu().numpy(), res.c_row.cpu().numpy()), (res.s_col.cpu().numpy(), res.c_col.cpu().numpy())
+    return (res.s_row.to(home), res.c_row.to(home)), (res.s_col.to(home), res.c_col.to(home))
 
 
-def _intra(tables: dict[str, _Table], B: int, L: int, config: SelectionConfig, run: _Backends) -> None:
+def _points(t: _Table, rows: torch.Tensor | None = None) -> torch.Tensor:
+    pts = torch.stack([t.low, t.high], 1)
+    return pts if rows is None else pts[rows]
+
+
+def _intra(tables: dict[str, tuple[_Table, torch.Tensor, np.ndarray]], L: int, config, run: _Backends) -> None:
     """SPEC 4.3: the comparisons of every pair of level maps k < l, both filtrations, all images,
-    in one solver call; then the best-stability updates, comparison by comparison in order (a
+    in one solver call (an image with no candidates on one side is a problem of size 0, which
+    changes nothing); then the best-stability updates, comparison by comparison in order (a
     candidate's comparisons are ordered by (k, l); images are independent)."""
     jobs = []  # (filtration, rows of the k side, its problems' sizes, the same for the l side)
-    for f, t in tables.items():
-        sizes, _ = _group_positions(t.image * L + t.level, B * L)
-        sizes = sizes.reshape(B, L)
-        starts = (np.cumsum(sizes.ravel()) - sizes.ravel()).reshape(B, L)
+    for f, (_, size, sizes) in tables.items():
+        start = (torch.cumsum(size.flatten(), 0) - size.flatten()).reshape(size.shape)
         for k in range(L):
             for j in range(k + 1, L):
-                imgs = np.flatnonzero((sizes[:, k] > 0) & (sizes[:, j] > 0))
-                if len(imgs):
-                    jobs.append(
-                        (
-                            f,
-                            _ragged(starts[imgs, k], sizes[imgs, k]),
-                            sizes[imgs, k],
-                            _ragged(starts[imgs, j], sizes[imgs, j]),
-                            sizes[imgs, j],
-                        )
-                    )
+                if sizes[:, k].any() and sizes[:, j].any():
+                    rk = _rows(start[:, k], size[:, k], int(sizes[:, k].sum()))
+                    rj = _rows(start[:, j], size[:, j], int(sizes[:, j].sum()))
+                    jobs.append((f, rk, size[:, k], rj, size[:, j]))
     if not jobs:
         return
-    pts = {f: np.stack([t.low, t.high], 1) for f, t in tables.items()}
     (s_row, c_row), (s_col, c_col) = _best_stabilities(
-        np.concatenate([pts[f][rk] for f, rk, _, _, _ in jobs]), np.concatenate([nk for _, _, nk, _, _ in jobs]),
-        np.concatenate([pts[f][rl] for f, _, _, rl, _ in jobs]), np.concatenate([nl for _, _, _, _, nl in jobs]),
+        torch.cat([_points(tables[f][0], rk) for f, rk, _, _, _ in jobs]), torch.cat([nk for _, _, nk, _, _ in jobs]),
+        torch.cat([_points(tables[f][0], rl) for f, _, _, rl, _ in jobs]), torch.cat([nl for _, _, _, _, nl in jobs]),
         config, run,
     )  # fmt: skip
     ro = co = 0
     for f, rk, _, rl, _ in jobs:
-        t = tables[f]
+        t = tables[f][0]
         for rows, s, c in (
             (rk, s_row[ro : ro + len(rk)], c_row[ro : ro + len(rk)]),
             (rl, s_col[co : co + len(rl)], c_col[co : co + len(rl)]),
         ):
-            better = s > t.S[rows] + TIE
-            tie = np.abs(s - t.S[rows]) <= TIE
-            t.C[rows] = np.where(better, c, np.where(tie, np.minimum(t.C[rows], c), t.C[rows]))
-            t.S[rows] = np.where(better, s, t.S[rows])
+            S, C = t.S[rows], t.C[rows]
+            better = s > S + TIE
+            tie = (s - S).abs() <= TIE
+            t.C[rows] = torch.where(better, c, torch.where(tie, torch.minimum(C, c), C))
+            t.S[rows] = torch.where(better, s, S)
         ro += len(rk)
         co += len(rl)
 
 
-def _rank(group: np.ndarray, n_groups: int, S: np.ndarray, C: np.ndarray, pers: np.ndarray):
+def _rank(group: torch.Tensor, n_groups: int, S: torch.Tensor, C: torch.Tensor, pers: torch.Tensor):
     """SPEC 4.4 within each group: score = S/S_max * pers/P_max (zero maxima count as 1), stable
     sort by (-score, -S, C, -pers). Returns the order (grouped) and the scores."""
-    s_max = np.zeros(n_groups)
-    p_max = np.zeros(n_groups)
-    np.maximum.at(s_max, group, S)
-    np.maximum.at(p_max, group, pers)
-    s_max[s_max == 0] = 1.0
-    p_max[p_max == 0] = 1.0
+    zeros = torch.zeros(n_groups, dtype=S.dtype, device=S.device)
+    s_max = zeros.scatter_reduce(0, group, S, "amax")
+    p_max = zeros.scatter_reduce(0, group, pers, "amax")
+    s_max = torch.where(s_max == 0, 1.0, s_max)
+    p_max = torch.where(p_max == 0, 1.0, p_max)
     score = (S / s_max[group]) * (pers / p_max[group])
-    return np.lexsort((-pers, C, -S, -score, group)), score
+    return _lexsort(-pers, C, -S, -score, group), score
 
 
 def pseudo_labels(
@@ -235,12 +279,10 @@ def resolve_backends(persistence_backend: str, transport_backend: str, device: t
 
 def select(batch: MapBatch, config: SelectionConfig, run: _Backends) -> tuple[torch.Tensor, list, np.ndarray]:
     """The selection of validated maps: bool labels ``[B, H, W]`` on the maps' device, the chosen
-    candidates and the thresholds."""
-    labels, candidates, thresholds = _select(normalise_maps(batch.numpy()), config, run)
-    return torch.from_numpy(labels).to(batch.device), candidates, thresholds
-
-
-def _select(a: np.ndarray, config: SelectionConfig, run: _Backends):
+    candidates and the thresholds. Runs on the persistence backend's device (the maps' device for
+    a GPU backend: nothing but :func:`host_reads` sizes and the result leaves it)."""
+    dev = run.persistence_device
+    a = normalise_maps(batch.tensor.to(dev))
     B = a.shape[0]
     if config.level_mode == "quantise":
         levels = quantised_level_maps(a, config.levels)
@@ -249,82 +291,64 @@ def _select(a: np.ndarray, config: SelectionConfig, run: _Backends):
     L = config.n_level_maps
     dims = {"sublevel": config.sub_dims, "superlevel": config.sup_dims}
     tables = {f: _candidates(levels, f, dims[f], config, run) for f in FILTRATIONS if dims[f]}
-    _intra(tables, B, L, config, run)
+    _intra(tables, L, config, run)
 
     # SPEC 4.4: rank each (image, filtration) over all its level maps, keep the first top_m
     # (kept in ranked order, grouped by image).
     kept = {}
-    for f, t in tables.items():
+    for f, (t, _, _) in tables.items():
         order, _ = _rank(t.image, B, t.S, t.C, t.persistence)
-        _, pos = _group_positions(t.image[order], B)
-        kept[f] = t.take(order[pos < config.top_m])
+        _, pos = _positions(t.image[order], B)
+        kept[f] = t.take(order[torch.nonzero(pos < config.top_m).flatten()])  # host read: the cut
 
-    # SPEC 4.5: across filtrations, one solver call for the images with both lists. A list
-    # with no partner is ranked with the "never compared" values S = 0, C = +inf.
+    # SPEC 4.5: across filtrations, one solver call over every image; an image with one list
+    # empty is a problem of size 0, whose points get the "never compared" S = 0, C = +inf.
     final_parts = list(kept.items())
     for _, t in final_parts:
-        t.S[:] = 0.0
-        t.C[:] = np.inf
+        t.S.zero_()
+        t.C.fill_(math.inf)
     if len(final_parts) == 2:
         (_, sub), (_, sup) = final_parts
-        n_sub, _ = _group_positions(sub.image, B)
-        n_sup, _ = _group_positions(sup.image, B)
-        both = np.flatnonzero((n_sub > 0) & (n_sup > 0))
-        if len(both):
-            rs = _ragged((np.cumsum(n_sub) - n_sub)[both], n_sub[both])
-            rq = _ragged((np.cumsum(n_sup) - n_sup)[both], n_sup[both])
-            (s_row, c_row), (s_col, c_col) = _best_stabilities(
-                np.stack([sub.low, sub.high], 1)[rs], n_sub[both], np.stack([sup.low, sup.high], 1)[rq], n_sup[both],
-                config, run,
-            )
-            sub.S[rs], sub.C[rs] = s_row, c_row
-            sup.S[rq], sup.C[rq] = s_col, c_col
+        (sub.S, sub.C), (sup.S, sup.C) = _best_stabilities(
+            _points(sub), _counts(sub.image, B), _points(sup), _counts(sup.image, B), config, run
+        )
 
     # Final ranking per image over the union (sublevel list first, as in the reference).
-    fil = np.concatenate([np.full(len(t.image), i) for i, (_, t) in enumerate(final_parts)] + [np.zeros(0, int)])
-    union = _concat([t for _, t in final_parts])
-    image_order = np.argsort(union.image, kind="stable")
+    names = [f for f, _ in final_parts]
+    union = _Table(*(torch.cat([getattr(t, f) for _, t in final_parts]) for f in _Table.FIELDS))
+    fil = torch.cat([torch.full_like(t.image, i) for i, (_, t) in enumerate(final_parts)])
+    image_order = torch.argsort(union.image, stable=True)
     union, fil = union.take(image_order), fil[image_order]
     order, score = _rank(union.image, B, union.S, union.C, union.persistence)
-    img_sorted = union.image[order]
-    _, pos = _group_positions(img_sorted, B)
-    names = [f for f, _ in final_parts]
-    labels = np.zeros(a.shape, dtype=bool)
-    candidates: list[Candidate | None] = [None] * B
-    thresholds = np.full(B, np.nan)
-    deltas = np.array([config.delta(f) for f in names])
+    labels = torch.zeros(a.shape, dtype=torch.bool, device=dev)
+    if not len(order):
+        return labels.to(batch.device), [None] * B, np.full(B, np.nan)
+    first, _ = _positions(union.image[order], B)
+    count = _counts(union.image, B)
     for r in range(config.top_k):
-        chosen = order[pos == r]
-        img = union.image[chosen]
-        thr = np.maximum(0.0, union.high[chosen] - deltas[fil[chosen]])
-        labels[img] |= a[img] >= thr[:, None, None]
+        has = count > r
+        j = order[(first + r).clamp(max=len(order) - 1)]
+        high = union.high[j]
+        delta = torch.where(fil[j] == 0, torch.full_like(high, config.delta(names[0])), config.delta(names[-1]))
+        thr = torch.where(has, (high - delta).clamp(min=0.0), math.nan)
+        labels |= has[:, None, None] & (a >= thr[:, None, None])
         if r == 0:
-            thresholds[img] = thr
-            for j, i in zip(chosen, img):
-                candidates[i] = Candidate(
-                    names[fil[j]],
-                    int(union.dim[j]),
-                    float(union.low[j]),
-                    float(union.high[j]),
-                    int(union.birth_pixel[j]),
-                    int(union.death_pixel[j]),
-                    int(union.level[j]),
-                    float(union.S[j]),
-                    float(union.C[j]),
-                    float(score[j]),
-                )
-    return labels, candidates, thresholds
+            candidates, thresholds = _chosen(union, fil, score, names, has, j, thr)
+    return labels.to(batch.device), candidates, thresholds
 
 
-def _concat(tables: list[_Table]) -> _Table:
-    fields = _Table.__dataclass_fields__
-    if not tables:
-        return _Table(
-            *(
-                np.zeros(
-                    0, dtype=np.int64 if f in ("image", "level", "dim", "birth_pixel", "death_pixel") else np.float64
-                )
-                for f in fields
-            )
-        )
-    return _Table(*(np.concatenate([getattr(t, f) for t in tables]) for f in fields))
+def _chosen(union: _Table, fil, score, names, has, j, thr) -> tuple[list[Candidate | None], np.ndarray]:
+    """The first-ranked candidate of each image (``has``: whether it has one, ``j``: its row) and its
+    threshold ``thr``, in one host read."""
+    fields = (union.dim, union.low, union.high, union.birth_pixel, union.death_pixel, union.level, union.S, union.C)
+    table = torch.stack([has.double(), thr, fil[j].double(), score[j], *(x[j].double() for x in fields)], 1)
+    host = to_host(table)  # host read: the result (indices below 2**53 are exact in float64)
+    candidates: list[Candidate | None] = []
+    for row in host:
+        if not row[0]:
+            candidates.append(None)
+            continue
+        _, _, f, sc, dim, low, high, bp, dp, level, S, C = row
+        ints = (int(dim), *map(float, (low, high)), int(bp), int(dp), int(level))
+        candidates.append(Candidate(names[int(f)], *ints, float(S), float(C), float(sc)))
+    return candidates, np.where(host[:, 0] > 0, host[:, 1], np.nan)

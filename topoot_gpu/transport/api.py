@@ -44,6 +44,7 @@ import torch
 from .. import _C
 from ..core import backends
 from ..core.allocator import gib, memory_budget
+from ..core.host import to_host
 from ..core.validation import check_choice, check_finite, check_int, check_number, check_threads, floating_tensor
 from .padded import best_match, diagram_costs, padded_diagram_costs, stability
 from .results import BestStability, SinkhornResult, auto_domain
@@ -223,11 +224,19 @@ def _check_side(points: Any, sizes: Any, name: str) -> tuple[torch.Tensor, torch
     return points.double().contiguous(), sizes.to(torch.int64)
 
 
-def _check_side_values(points: torch.Tensor, sizes: torch.Tensor, name: str) -> None:
-    check_finite(points, name)
-    if bool((sizes < 0).any()) or int(sizes.sum()) != len(points):
-        size_name = f"{name.lower()}_sizes"
-        raise ValueError(f"{size_name}: expected non-negative sizes adding up to {len(points)} points of {name}")
+def _check_sides_values(P: torch.Tensor, p_sizes: torch.Tensor, Q: torch.Tensor, q_sizes: torch.Tensor):
+    """The sizes on the host (one read for both sides) after checking them, and the points checked
+    finite (one read for both unless one is not): ``ValueError`` naming the argument."""
+    sizes = to_host(torch.cat([p_sizes, q_sizes]))
+    n, m = sizes[: len(p_sizes)], sizes[len(p_sizes) :]
+    for name, points, k in (("P", P, n), ("Q", Q, m)):
+        if (k < 0).any() or int(k.sum()) != len(points):
+            what = f"non-negative sizes adding up to {len(points)} points of {name}"
+            raise ValueError(f"{name.lower()}_sizes: expected {what}")
+    if not bool(torch.isfinite(P.sum() + Q.sum())):
+        check_finite(P, "P")
+        check_finite(Q, "Q")
+    return n, m
 
 
 def best_stability(
@@ -291,11 +300,9 @@ def best_stability(
         raise ValueError(f"p_sizes, q_sizes: expected the same number of problems, got {n} and {m}")
     reg, max_iter, stop_thr = _check_solver(reg, max_iter, stop_thr)
     name, device = backends.resolve("best_stability", backend, P.device)
-    _check_side_values(P, p_sizes, "P")
-    _check_side_values(Q, q_sizes, "Q")
+    n, m = _check_sides_values(P, p_sizes, Q, q_sizes)  # two host reads: the sizes, the finiteness
     threads = check_threads(num_threads)
     budget = memory_budget(max_memory, torch.device(device))
-    n, m = p_sizes.cpu().numpy(), q_sizes.cpu().numpy()  # the sizes on the host: one read to plan memory
     extra = int(cost == "diagonal")
     threads, chunks = _memory_plan(n + extra, m + extra, name, budget, threads)
     solve = backends.load("best_stability", name).best_stability
@@ -314,6 +321,10 @@ def best_stability(
         return BestStability(*(f[0] for f in fields))
     return BestStability(*(torch.cat(f) for f in fields))
 
+
+#: Host reads of one :func:`best_stability` call besides its backend's: the sizes (one copy of
+#: both sides) and the points' finiteness (one reduction of both).
+HOST_READS = 2
 
 #: Bytes per cost-matrix entry of one problem that each backend holds while solving it: ``"cpp"``
 #: the solver's kernel only (float64, per thread: costs and plan are computed row by row, never

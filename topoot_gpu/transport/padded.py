@@ -174,19 +174,26 @@ def best_match(
     return s, c, torch.where(none, -1, idx)
 
 
-def pad_points(points: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Ragged ``points [sum(sizes), 2]`` (problem after problem) as ``[B, max(sizes), 2]``, zero padded."""
+def pad_points(
+    points: torch.Tensor, sizes: torch.Tensor, *, width: int | None = None,
+    slots: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Ragged ``points [sum(sizes), 2]`` (problem after problem) as ``[B, width, 2]``, zero padded;
+    ``width`` (default ``max(sizes)``, read on the host) and ``slots`` (default
+    :func:`ragged_slots`) when the caller has them."""
     B = len(sizes)
-    width = int(sizes.max()) if B else 0
+    if width is None:
+        width = int(sizes.max()) if B else 0
     out = torch.zeros(B, width, 2, dtype=points.dtype, device=points.device)
-    problem, slot = ragged_slots(sizes)
+    problem, slot = ragged_slots(sizes, total=len(points)) if slots is None else slots
     out[problem, slot] = points
     return out
 
 
-def ragged_slots(sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every row of a ragged batch (problem after problem): its problem and its slot in it."""
-    problem = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+def ragged_slots(sizes: torch.Tensor, *, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row of a ragged batch (problem after problem): its problem and its slot in it.
+    ``total = sum(sizes)`` when known (nothing then waits for the device)."""
+    problem = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes, output_size=total)
     starts = torch.cumsum(sizes, 0) - sizes
     return problem, torch.arange(len(problem), device=sizes.device) - starts[problem]
 
@@ -234,8 +241,8 @@ def padded_best_stability(
     S = stability(plan, M)
     s_row, c_row, _ = best_match(S, M, dim=2, mask=real)
     s_col, c_col, _ = best_match(S, M, dim=1, mask=real)
-    p_problem, p_slot = ragged_slots(p_sizes)
-    q_problem, q_slot = ragged_slots(q_sizes)
+    p_problem, p_slot = ragged_slots(p_sizes, total=len(P))
+    q_problem, q_slot = ragged_slots(q_sizes, total=len(Q))
     return BestStability(
         s_row[p_problem, p_slot], c_row[p_problem, p_slot], s_col[q_problem, q_slot], c_col[q_problem, q_slot], n_iter
     )
