@@ -10,8 +10,10 @@ constant label is returned untrained by both, which would flatter neither); back
 ratio reference / refine in the same run, pixel agreement of the masks, and the head's achieved
 FLOP/s (matrix-product FLOPs of training and inference, divided by the head's wall time).
 torch uses every core for both. Median of repeats after a warm-up (the reference: one run).
-``--device cuda``: ``refine`` gets CUDA tensors (selection on the host, the head on the GPU); the
-reference stays on the CPU, as released; JSON ``refine_<device type>.json``.
+``--device cuda``: ``refine`` gets CUDA tensors (the head on the GPU; the selection on the host
+with the default ``"auto"`` backends, on the GPU with ``--persistence-backend cuda|triton
+--transport-backend torch|triton``, the device path); the reference stays on the CPU, as released;
+JSON ``refine_<device type>.json``.
 
     python benchmarks/bench_refine.py [--channels 64 256] [--batch 8] [--ref-images 2] [--repeats 3] [--device cpu]
         [--head-backends auto torch triton] [--precisions fp32 bf16]
@@ -82,6 +84,8 @@ def main() -> None:
         "--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
         help="HeadConfig.precision, a row each; agreement and speed-up against fp32 (default fp32)",
     )  # fmt: skip
+    ap.add_argument("--persistence-backend", default="auto", help="cuda or triton: the selection's device path")
+    ap.add_argument("--transport-backend", default="auto", help="torch or triton: the selection's device path")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/refine_<device>.json)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -104,7 +108,8 @@ def main() -> None:
 
                 def run_fast(runs=runs, head_backend=head_backend, config=config, x=maps_on, f=features_on):
                     # refine synchronises before returning
-                    runs.append(refine(x, f, seed=args.seed, head_backend=head_backend, config=config))
+                    kw = dict(persistence_backend=args.persistence_backend, transport_backend=args.transport_backend)
+                    runs.append(refine(x, f, seed=args.seed, head_backend=head_backend, config=config, **kw))
 
                 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 fast_s = median_seconds(run_fast, repeats=args.repeats) / args.batch

@@ -14,8 +14,9 @@ warm-up (none for the reference).
 chained on the maps' device, ``--device cuda``, or on CPU tensors to show the path's overhead on
 the host: Triton interpreted, the CUDA source emulated, so only tiny sizes make sense there)
 against the C++ core in the same run, on smooth and anomaly-like maps at ``--batches``: maps per
-second, the host syncs per batch (counted in one extra, untimed run) and the peak device memory
-per map (CUDA only); labels compared with the C++ core's.
+second, the host syncs per batch (counted in one extra, untimed run), the time in persistence, in
+transport and in the rest of the selection (one more run, the device synchronised around each
+call), and the peak device memory per map (CUDA only); labels compared with the C++ core's.
 
     python benchmarks/bench_selection.py --device-path --device cuda [--batches 1 16 256 1024] [--size 224]
 """
@@ -36,6 +37,39 @@ import numpy as np  # noqa: E402
 from topoot_gpu import pseudo_labels  # noqa: E402
 from topoot_gpu.selection import reference  # noqa: E402
 from topoot_gpu.testing import blob_maps, count_host_syncs, cuda_host_kernels, smooth_maps  # noqa: E402
+
+
+def stage_seconds(run, sync) -> dict[str, float]:
+    """One more run with the persistence and transport calls timed (the device synchronised around
+    each): seconds in each and in the rest of the selection."""
+    import time
+
+    from topoot_gpu.selection import api
+
+    spent = {"persistence": 0.0, "transport": 0.0}
+    saved = {"persistence": api.pairs_of_valid_maps, "transport": api.best_stability}
+
+    def timed(stage):
+        def call(*a, **k):
+            sync()
+            start = time.perf_counter()
+            out = saved[stage](*a, **k)
+            sync()
+            spent[stage] += time.perf_counter() - start
+            return out
+
+        return call
+
+    api.pairs_of_valid_maps, api.best_stability = timed("persistence"), timed("transport")
+    try:
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        total = time.perf_counter() - start
+    finally:
+        api.pairs_of_valid_maps, api.best_stability = saved["persistence"], saved["transport"]
+    return {**spent, "rest": total - spent["persistence"] - spent["transport"]}
 
 
 def device_path(args) -> None:
@@ -71,6 +105,7 @@ def device_path(args) -> None:
                 cpu = median_seconds(lambda h=host: pseudo_labels(h), repeats=args.repeats)
                 with count_host_syncs() as events:
                     got = pseudo_labels(maps, **backends)
+                stages = stage_seconds(lambda m=maps: pseudo_labels(m, **backends), sync)
                 syncs = Counter(m.removeprefix("topoot_gpu.") for _, m in events)
                 agree = bool(np.array_equal(got.labels.cpu().numpy(), pseudo_labels(host).labels))
                 rows.append(
@@ -83,13 +118,15 @@ def device_path(args) -> None:
                         "host_syncs_per_batch": sum(syncs.values()),
                         "syncs_by_module": dict(syncs),
                         "peak_device_bytes_per_map": peak,
+                        **{f"{k}_ms_per_batch": v * 1e3 for k, v in stages.items()},
                         "labels_agree": agree,
                     }
                 )
                 print(f"done {kind} batch {batch}", flush=True)
     print(f"\nmaps per second on {dev}; ratio = C++ core time / device path time (same run)")
     cols = ["maps", "batch", "device_path_maps_per_s", "cpp_core_maps_per_s", "ratio", "host_syncs_per_batch"]
-    print_table(rows, [*cols, "peak_device_bytes_per_map", "labels_agree"])
+    stages = ["persistence_ms_per_batch", "transport_ms_per_batch", "rest_ms_per_batch"]
+    print_table(rows, [*cols, *stages, "peak_device_bytes_per_map", "labels_agree"])
     write_results(f"selection_device_{dev.type}", "pseudo_labels device path vs C++ core", args, rows)
 
 

@@ -98,16 +98,18 @@ throughput() {
     bench sinkhorn 120 benchmarks/bench_sinkhorn.py --sizes 8 --batches 2 --regs 0.3 --repeats 1 --pot-problems 2 \
       --out "$OUT/sinkhorn_gpu.json" || status=1
     bench refine 120 benchmarks/bench_refine.py --device cpu --size 24 --low 6 --channels 4 --batch 2 \
-      --ref-images 1 --repeats 1 --head-backends torch triton --precisions fp32 bf16 --out "$OUT/refine_cuda.json" || status=1
+      --ref-images 1 --repeats 1 --head-backends torch triton --precisions fp32 bf16 --persistence-backend triton \
+      --transport-backend triton --out "$OUT/refine_cuda.json" || status=1
     bench selection 120 benchmarks/bench_selection.py --device-path --device cpu --batches 1 --size 12 --repeats 1 \
       --out "$OUT/selection_device.json" || status=1
   else
-    bench persistence 150 benchmarks/bench_persistence.py --gpu --sizes 224 --gpu-batches 1 256 1024 \
+    bench persistence 120 benchmarks/bench_persistence.py --gpu --sizes 224 --gpu-batches 1 256 1024 \
       --ref-maps 16 --repeats 5 --out "$OUT/persistence_gpu.json" || status=1
-    bench sinkhorn 60 benchmarks/bench_sinkhorn.py --sizes 16 64 --batches 1 1024 --regs 0.3 --repeats 5 \
+    bench sinkhorn 45 benchmarks/bench_sinkhorn.py --sizes 16 64 --batches 1 1024 --regs 0.3 --repeats 5 \
       --pot-problems 8 --out "$OUT/sinkhorn_gpu.json" || status=1
-    bench refine 120 benchmarks/bench_refine.py --device cuda --channels 64 --batch 8 --ref-images 1 --repeats 3 \
-      --head-backends torch triton --precisions fp32 bf16 --out "$OUT/refine_cuda.json" || status=1
+    bench refine 120 benchmarks/bench_refine.py --device cuda --channels 64 --batch 256 --ref-images 1 --repeats 2 \
+      --head-backends triton --precisions fp32 bf16 --persistence-backend cuda --transport-backend triton \
+      --out "$OUT/refine_cuda.json" || status=1
     bench selection 120 benchmarks/bench_selection.py --device-path --device cuda --batches 1 16 256 --repeats 3 \
       --out "$OUT/selection_device.json" || status=1
   fi

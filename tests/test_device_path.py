@@ -128,3 +128,19 @@ def test_cuda_device_path_gives_the_cpp_core_result(rng, persistence, transport)
     assert [c and (c.filtration, c.birth_pixel, c.death_pixel) for c in got.candidates] == [
         c and (c.filtration, c.birth_pixel, c.death_pixel) for c in want.candidates
     ]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("persistence,transport", [("cuda", "triton"), ("triton", "torch")])
+def test_cuda_device_path_refine_gives_the_cpu_result(rng, persistence, transport):
+    if "triton" in (persistence, transport):
+        pytest.importorskip("triton")
+    if persistence == "cuda":
+        pytest.importorskip("cupy")
+    maps = torch.from_numpy(np.concatenate([blob_maps(rng, 3, 40, 44), ring_maps(rng, 1, 40, 44)]))
+    features = torch.from_numpy(rng.normal(size=(4, 16, 10, 11))).float()
+    cpu = refine(maps, features, seed=3)
+    gpu = refine(maps.cuda(), features.cuda(), seed=3, persistence_backend=persistence, transport_backend=transport)
+    assert gpu.mask.is_cuda and torch.equal(gpu.pseudo_label.cpu(), cpu.pseudo_label)
+    assert (gpu.mask.cpu() == cpu.mask).float().mean() >= 0.99
