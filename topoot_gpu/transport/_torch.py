@@ -1,6 +1,12 @@
 """The ``"torch"`` backend of entropic transport: POT's iterates vectorised over a padded batch in
 torch operations, on any device. Each problem stops on its own: the problems still running are
-gathered into compact tensors, so finished ones cost nothing."""
+gathered into compact tensors, so finished ones cost nothing.
+
+On a GPU that stopping rule is paid in host waits: at each convergence check (every 10 iterations)
+the host reads whether any problem has finished and, when one has, compacts the batch (bool-mask
+indexing); ``best_stability`` adds the padded widths and the per-problem domain choice
+(:func:`~topoot_gpu.transport.padded.padded_best_stability`). The ``"triton"`` backend is the one
+whose transport step waits once."""
 
 from __future__ import annotations
 

@@ -221,7 +221,8 @@ def padded_best_stability(
     the costs of every problem (:func:`padded_diagram_costs`), ``solve(a, b, M, domain)`` on the
     problems of each domain (picked per problem as the C++ backend picks it, when in ``domains``,
     else ``domains[0]``), then :func:`stability` and :func:`best_match` over the real points
-    (padding and, with ``"diagonal"`` costs, the diagonal are never a match)."""
+    (padding and, with ``"diagonal"`` costs, the diagonal are never a match). Host reads: the two
+    padded widths and each problem's largest cost (its domain)."""
     device, B = P.device, len(p_sizes)
     M, a, b = padded_diagram_costs(pad_points(P, p_sizes), p_sizes, pad_points(Q, q_sizes), q_sizes, kind=cost)
     # Real points only: padding, and the diagonal (the last row and column, after the padding).
