@@ -97,8 +97,9 @@ throughput() {
       --kinds smooth noise --gpu-batches 2 --ref-maps 2 --repeats 1 --out "$OUT/persistence_gpu.json" || status=1
     bench sinkhorn 120 benchmarks/bench_sinkhorn.py --sizes 8 --batches 2 --regs 0.3 --repeats 1 --pot-problems 2 \
       --out "$OUT/sinkhorn_gpu.json" || status=1
+    # The torch head: the Triton head takes ~50 s per precision under the interpreter (its tests run it).
     bench refine 120 benchmarks/bench_refine.py --device cpu --size 24 --low 6 --channels 4 --batch 2 \
-      --ref-images 1 --repeats 1 --head-backends torch triton --precisions fp32 bf16 --persistence-backend triton \
+      --ref-images 1 --repeats 1 --head-backends torch --precisions fp32 bf16 --persistence-backend triton \
       --transport-backend triton --out "$OUT/refine_cuda.json" || status=1
     bench selection 120 benchmarks/bench_selection.py --device-path --device cpu --batches 1 --size 12 --repeats 1 \
       --out "$OUT/selection_device.json" || status=1
