@@ -116,7 +116,7 @@ def cubical_persistence_tensors(
     host reads three sizes per pass, :func:`topoot_gpu.persistence._basins.basin_persistence`);
     the host backends' arrays are wrapped without a copy."""
     fields, _ = _persistence(maps, filtration, construction, dims, backend, num_threads)
-    return DiagramTensors(*(torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in fields))
+    return _tensors(fields)
 
 
 def _persistence(maps, filtration, construction, dims, backend, num_threads):
@@ -124,19 +124,18 @@ def _persistence(maps, filtration, construction, dims, backend, num_threads):
     check_choice("filtration", filtration, FILTRATIONS)
     check_choice("construction", construction, CONSTRUCTIONS)
     backend = backends.check_backend(KERNEL, backend)
-    check_dims(dims)
+    dim0, dim1 = check_dims(dims)
     threads = check_threads(num_threads)
     batch = check_maps(maps, finite=False)
     name, device = backends.resolve(KERNEL, backend, batch.device)
     t = batch.tensor.to(device)
     if name != "cpp":  # the C++ core checks for NaN/inf while it reads the maps
         check_finite(t, "maps")
-    fields = _dispatch(t, name, filtration, construction, dims, threads)
+    fields = _dispatch(t, name, filtration, construction, dim0, dim1, threads)
     return fields, tuple(t.shape)
 
 
-def _dispatch(t: torch.Tensor, name: str, filtration: str, construction: str, dims, threads: int):
-    dim0, dim1 = check_dims(dims)
+def _dispatch(t: torch.Tensor, name: str, filtration: str, construction: str, dim0: bool, dim1: bool, threads: int):
     return backends.load(KERNEL, name).cubical_persistence(
         t, superlevel=filtration == "superlevel", conn8_h0=construction == "T", dim0=dim0, dim1=dim1,
         num_threads=threads,
@@ -149,5 +148,10 @@ def pairs_of_valid_maps(
     """:func:`cubical_persistence_tensors` of maps a stage has already validated (finite float32 or
     float64 ``[B, H, W]`` on the device of ``backend``, a resolved backend name), without checking
     them again: no host synchronisation but the backend's own."""
-    fields = _dispatch(maps, backend, filtration, construction, dims, check_threads(None))
+    dim0, dim1 = check_dims(dims)
+    return _tensors(_dispatch(maps, backend, filtration, construction, dim0, dim1, check_threads(None)))
+
+
+def _tensors(fields) -> DiagramTensors:
+    """A backend's fields as tensors (host arrays wrapped without a copy)."""
     return DiagramTensors(*(torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in fields))

@@ -88,10 +88,8 @@ class _Table:
     S: torch.Tensor
     C: torch.Tensor
 
-    FIELDS = ("image", "level", "dim", "low", "high", "birth_pixel", "death_pixel", "S", "C")
-
     def take(self, idx: torch.Tensor) -> _Table:
-        return _Table(*(getattr(self, f)[idx] for f in self.FIELDS))
+        return _Table(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
 
     @property
     def persistence(self) -> torch.Tensor:
@@ -315,7 +313,7 @@ def select(batch: MapBatch, config: SelectionConfig, run: _Backends) -> tuple[to
 
     # Final ranking per image over the union (sublevel list first, as in the reference).
     names = [f for f, _ in final_parts]
-    union = _Table(*(torch.cat([getattr(t, f) for _, t in final_parts]) for f in _Table.FIELDS))
+    union = _Table(*(torch.cat([getattr(t, f) for _, t in final_parts]) for f in _Table.__dataclass_fields__))
     fil = torch.cat([torch.full_like(t.image, i) for i, (_, t) in enumerate(final_parts)])
     image_order = torch.argsort(union.image, stable=True)
     union, fil = union.take(image_order), fil[image_order]

@@ -117,6 +117,16 @@ def _solve(Mr, b, loga, logb, row_real, col_real, m, stop_thr, max_iter, BLOCK_M
     return u, v, niter, err
 
 
+@triton.jit
+def _solved_problem(M_ptr, a_ptr, b_ptr, params_ptr, pid, n, m, max_iter, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's problem loaded and solved: ``(M, Mr, u, v, n_iter, err, offs, inside)``."""
+    M, Mr, b, loga, logb, row_real, col_real, offs, inside = _load_problem(
+        M_ptr, a_ptr, b_ptr, params_ptr, pid, n, m, BLOCK_N, BLOCK_M
+    )
+    u, v, niter, err = _solve(Mr, b, loga, logb, row_real, col_real, m, tl.load(params_ptr + 1), max_iter, BLOCK_M)
+    return M, Mr, u, v, niter, err, offs, inside
+
+
 # Sizes and the iteration count are not specialised on (one compile per tile serves every shape).
 # reg and stop_thr come in a tensor of the problem's dtype: Triton passes Python floats as fp32
 # scalars, which would round 0.3 and move a float64 plan by ~1e-10.
@@ -127,10 +137,9 @@ def _sinkhorn_log_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
-    M, Mr, b, loga, logb, row_real, col_real, offs, inside = _load_problem(
-        M_ptr, a_ptr, b_ptr, params_ptr, pid, n, m, BLOCK_N, BLOCK_M
+    M, Mr, u, v, niter, err, offs, inside = _solved_problem(
+        M_ptr, a_ptr, b_ptr, params_ptr, pid, n, m, max_iter, BLOCK_N, BLOCK_M
     )
-    u, v, niter, err = _solve(Mr, b, loga, logb, row_real, col_real, m, tl.load(params_ptr + 1), max_iter, BLOCK_M)
     rows = tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_M)
     tl.store(plan_ptr + offs, tl.exp(Mr + u[:, None] + v[None, :]), mask=inside)
@@ -165,10 +174,9 @@ def _best_stability_kernel(
     # The solve of _sinkhorn_log_kernel, then S = plan / (1 + sqrt(max(M, 0))) and each real line's
     # best match, all on chip: only the per-point results reach global memory.
     pid = tl.program_id(0).to(tl.int64)
-    M, Mr, b, loga, logb, row_real, col_real, offs, inside = _load_problem(
-        M_ptr, a_ptr, b_ptr, params_ptr, pid, n, m, BLOCK_N, BLOCK_M
+    M, Mr, u, v, niter, err, offs, inside = _solved_problem(
+        M_ptr, a_ptr, b_ptr, params_ptr, pid, n, m, max_iter, BLOCK_N, BLOCK_M
     )
-    u, v, niter, err = _solve(Mr, b, loga, logb, row_real, col_real, m, tl.load(params_ptr + 1), max_iter, BLOCK_M)
     rows = tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_M)
     S = tl.exp(Mr + u[:, None] + v[None, :]) / (1.0 + _sqrt_rn(tl.maximum(M, 0.0)))
