@@ -7,9 +7,14 @@ the first ``--pot-problems`` problems one by one; median of repeats after a warm
 our problems/s over POT's. With a GPU, the torch backend and the Triton kernel also run on it.
 
 ``--ragged B``: also a ragged batch of ``B`` problems whose sides are drawn in ``--ragged-sizes``
-(default 5..200), padded to the largest as :func:`topoot_gpu.diagram_costs` pads them; POT solves
-each problem at its own size (its padding cut off), so the ratio is per problem as a user of
-either would see it.
+(default 5..200), once padded to the largest (``diagram_costs``) and once packed (``diagram_costs(...,
+packed=True)``, ``sinkhorn(..., sizes=...)``: each problem at its own size); POT solves each problem
+at its own size, so the ratio is per problem as a user of either would see it.
+
+Before timing, our plans and ``n_iter`` are compared with POT's loop on the problems POT is timed
+on (``max_plan_diff_vs_pot``, ``n_iter_equal_pot``). POT's own batched solver
+(``ot.batch.solve_batch``, method ``"sinkhorn"``, on the padded batch) is timed too where the
+installed POT has it; its stopping rule is not ``ot.sinkhorn``'s, so it is a timing only.
 
     python benchmarks/bench_sinkhorn.py [--batches 1 64 1024] [--sizes 16 64 128] [--regs 0.3 0.05]
                                         [--ragged 1024]
@@ -37,43 +42,67 @@ def make_problems(batch: int, n: int, seed: int):
     rng = np.random.default_rng(seed)
     P = [np.sort(rng.random((n, 2)), 1) for _ in range(batch)]
     Q = [np.sort(rng.random((n, 2)), 1) for _ in range(batch)]
-    return diagram_costs(P, Q)
+    return P, Q
 
 
 def make_ragged(batch: int, lo: int, hi: int, seed: int):
     rng = np.random.default_rng(seed)
     P = [np.sort(rng.random((int(rng.integers(lo, hi + 1)), 2)), 1) for _ in range(batch)]
     Q = [np.sort(rng.random((int(rng.integers(lo, hi + 1)), 2)), 1) for _ in range(batch)]
-    return diagram_costs(P, Q)
+    return P, Q
 
 
-def measure(M, a, b, reg: float, args, ot) -> dict:
-    """One configuration: ours on the whole batch, POT on its first problems, the GPU if present."""
-    batch = M.shape[0]
+def measure(P, Q, reg: float, layout: str, args, ot) -> dict:
+    """One configuration: ours on the whole batch in ``layout`` (``"padded"``: ``[B, n_max, m_max]``;
+    ``"packed"``: each problem at its own size), POT on its first problems one by one (each at its
+    own size) and POT's batched solver on the padded batch; our iterates checked against POT's
+    loop first; the GPU backends if present."""
+    batch = len(P)
     kw = {"reg": reg, "max_iter": args.max_iter}
+    if layout == "packed":
+        M, a, b, sizes = diagram_costs(P, Q, packed=True)
+        kw["sizes"] = sizes
+    else:
+        M, a, b = diagram_costs(P, Q)
     res = sinkhorn(a, b, M, **kw)
-    row = {"domain": res.domain, "median_n_iter": float(res.n_iter.double().median())}
+    row = {"layout": layout, "domain": res.domain, "median_n_iter": float(res.n_iter.double().median())}
     t = median_seconds(lambda: sinkhorn(a, b, M, **kw), repeats=args.repeats)
     row["ours_cpu_problems_per_s"] = batch / t
     t1 = median_seconds(lambda: sinkhorn(a, b, M, num_threads=1, **kw), repeats=args.repeats)
     row["ours_cpu_1thread_problems_per_s"] = batch / t1
     k = min(batch, args.pot_problems)
-    # Each problem at its own size: padding (zero weights) cut off, as a POT user would pass it.
-    real = []
-    for j in range(k):
-        rows, cols = a[j].numpy() > 0, b[j].numpy() > 0
-        real.append((a[j].numpy()[rows], b[j].numpy()[cols], np.ascontiguousarray(M[j].numpy()[rows][:, cols])))
+    # Each problem at its own size, as a POT user would pass it.
+    real = [tuple(x.numpy() for x in diagram_costs([P[j]], [Q[j]], packed=True)[:3]) for j in range(k)]
+    real = [(pa, pb, pM.reshape(len(pa), len(pb))) for pM, pa, pb in real]
 
     def pot():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for pa, pb, pM in real:
-                ot.sinkhorn(pa, pb, pM, reg, numItermax=args.max_iter, stopThr=1e-9)
+            return [
+                ot.sinkhorn(pa, pb, pM, reg, numItermax=args.max_iter, stopThr=1e-9, log=True)
+                for pa, pb, pM in real
+            ]
 
+    # Same iterates: POT's n_iter and plans within 1e-9 on the problems it is timed on.
+    sol = pot()
+    ours = sinkhorn(a, b, M, **kw)
+    diff, same_iter, off = 0.0, True, 0
+    for j, (G, log) in enumerate(sol):
+        n, m = G.shape
+        if layout == "packed":
+            mine = ours.plan[off : off + n * m].reshape(n, m).numpy()
+            off += n * m
+        else:
+            mine = ours.plan[j, :n, :m].numpy()
+        diff = max(diff, float(np.abs(mine - G).max()))
+        same_iter &= int(ours.n_iter[j]) == int(log["niter"])
+    row["max_plan_diff_vs_pot"] = diff
+    row["n_iter_equal_pot"] = same_iter
     row["pot_problems_per_s"] = k / median_seconds(pot, repeats=args.repeats)
     row["ratio_1thread_vs_pot"] = row["ours_cpu_1thread_problems_per_s"] / row["pot_problems_per_s"]
     row["ratio_all_threads_vs_pot"] = row["ours_cpu_problems_per_s"] / row["pot_problems_per_s"]
-    if torch.cuda.is_available():
+    row["pot_batch_problems_per_s"] = pot_batch(P[:k], Q[:k], reg, args, ot)
+    if torch.cuda.is_available() and layout == "padded":
         ga, gb, gM = (x.cuda() for x in (a, b, M))
         for backend, domain in (("torch", "auto"), ("triton", "log")):
 
@@ -83,6 +112,24 @@ def measure(M, a, b, reg: float, args, ot) -> dict:
 
             row[f"gpu_{backend}_problems_per_s"] = batch / median_seconds(run, repeats=args.repeats)
     return row
+
+
+def pot_batch(P, Q, reg: float, args, ot) -> float | None:
+    """POT's own batched solver (``ot.batch.solve_batch``, POT >= 0.9.6, method ``"sinkhorn"``) on
+    the padded problems: a timing for reference only, its stopping rule differs from ``ot.sinkhorn``
+    (its iterates are not POT's loop's). ``None`` where this POT has no ``ot.batch``."""
+    try:
+        from ot.batch import solve_batch
+    except ImportError:
+        return None
+    M, a, b = (x.numpy() for x in diagram_costs(P, Q))
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            solve_batch(M, reg=reg, a=a, b=b, max_iter=args.max_iter, tol=1e-9, method="sinkhorn", grad="detach")
+
+    return len(P) / median_seconds(run, repeats=args.repeats)
 
 
 def main() -> None:
@@ -108,20 +155,24 @@ def main() -> None:
         for batch in args.batches:
             if batch * n * n > args.max_elements:
                 continue
-            M, a, b = make_problems(batch, n, args.seed)
+            P, Q = make_problems(batch, n, args.seed)
             for reg in args.regs:
-                rows.append({"batch": batch, "n": n, "reg": reg, **measure(M, a, b, reg, args, ot)})
+                rows.append({"batch": batch, "n": n, "reg": reg, **measure(P, Q, reg, "padded", args, ot)})
                 print(f"done batch {batch} n {n} reg {reg}", flush=True)
     if args.ragged:
         lo, hi = args.ragged_sizes
-        M, a, b = make_ragged(args.ragged, lo, hi, args.seed)
+        P, Q = make_ragged(args.ragged, lo, hi, args.seed)
         for reg in args.regs:
-            rows.append({"batch": args.ragged, "n": f"{lo}..{hi}", "reg": reg, **measure(M, a, b, reg, args, ot)})
-            print(f"done ragged batch {args.ragged} reg {reg}", flush=True)
+            for layout in ("padded", "packed"):
+                rows.append(
+                    {"batch": args.ragged, "n": f"{lo}..{hi}", "reg": reg, **measure(P, Q, reg, layout, args, ot)}
+                )
+                print(f"done ragged batch {args.ragged} reg {reg} {layout}", flush=True)
     columns = [
         "batch",
         "n",
         "reg",
+        "layout",
         "domain",
         "median_n_iter",
         "ours_cpu_1thread_problems_per_s",
@@ -129,6 +180,9 @@ def main() -> None:
         "pot_problems_per_s",
         "ratio_1thread_vs_pot",
         "ratio_all_threads_vs_pot",
+        "pot_batch_problems_per_s",
+        "n_iter_equal_pot",
+        "max_plan_diff_vs_pot",
     ]
     if gpu:
         columns += ["gpu_torch_problems_per_s", "gpu_triton_problems_per_s"]

@@ -89,7 +89,8 @@ def test_files_benchmark_runs(tmp_path):
 
 
 def test_sinkhorn_benchmark_runs_with_a_ragged_batch(tmp_path):
-    """``benchmarks/bench_sinkhorn.py`` on tiny padded and ragged batches (POT on real sizes)."""
+    """``benchmarks/bench_sinkhorn.py`` on tiny padded and ragged batches (POT on real sizes; the
+    ragged one padded and packed)."""
     out = tmp_path / "sinkhorn.json"
     args = ["--batches", "3", "--sizes", "6", "--regs", "0.3", "--ragged", "5", "--ragged-sizes", "2", "9"]
     run = subprocess.run(
@@ -98,8 +99,11 @@ def test_sinkhorn_benchmark_runs_with_a_ragged_batch(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["batch"], r["n"]) for r in rows] == [(3, 6), (5, "2..9")]
+    assert [(r["batch"], r["n"], r["layout"]) for r in rows] == [(3, 6, "padded"), (5, "2..9", "padded"),
+                                                                  (5, "2..9", "packed")]  # fmt: skip
     assert all(r["pot_problems_per_s"] > 0 and r["ours_cpu_1thread_problems_per_s"] > 0 for r in rows)
+    # POT's iterates on the problems it is timed on, in either layout
+    assert all(r["n_iter_equal_pot"] and r["max_plan_diff_vs_pot"] <= 1e-9 for r in rows)
 
 
 def test_head_precision_agreement_runs(tmp_path):

@@ -100,29 +100,72 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
   return pack_pairs(pairs);
 }
 
+// A batch of problems as flat buffers and their sizes (sinkhorn_cpu.h): the offsets of each
+// problem's a, b and M, after checking that the sizes account for every entry.
+struct Layout {
+  std::vector<int64_t> a_off, b_off, m_off;
+  topoot::SinkhornLayout view;
+  int64_t B = 0;
+};
+
+Layout make_layout(const Array<int64_t>& n_sizes, const Array<int64_t>& m_sizes, int64_t a_size, int64_t b_size,
+                   int64_t M_size) {
+  if (n_sizes.ndim() != 1 || m_sizes.ndim() != 1 || n_sizes.shape(0) != m_sizes.shape(0))
+    throw std::invalid_argument("sizes: expected two [B] arrays");
+  Layout L;
+  L.B = n_sizes.shape(0);
+  const int64_t* n = n_sizes.data();
+  const int64_t* m = m_sizes.data();
+  int64_t sa = 0, sb = 0, sm = 0;
+  for (int64_t k = 0; k < L.B; ++k) {
+    if (n[k] < 0 || m[k] < 0) throw std::invalid_argument("sizes: expected non-negative sizes");
+    L.a_off.push_back(sa);
+    L.b_off.push_back(sb);
+    L.m_off.push_back(sm);
+    sa += n[k];
+    sb += m[k];
+    sm += n[k] * m[k];
+  }
+  if (sa != a_size || sb != b_size || sm != M_size)
+    throw std::invalid_argument("sizes: do not match the lengths of a, b and M");
+  L.view = topoot::SinkhornLayout{n, m, L.a_off.data(), L.b_off.data(), L.m_off.data()};
+  return L;
+}
+
+// The report's input check as a tuple (finite, a_ok, b_ok, worst), as sinkhorn_check returns it.
+py::tuple input_stats(const topoot::SinkhornInputStats& st) {
+  return py::make_tuple(st.finite, st.a_ok, st.b_ok, st.worst);
+}
+
+// domain: 0 scaling, 1 log, 2 auto (scaling_limit). Returns (plan or None, log_u, log_v, n_iter,
+// err, (finite, a_ok, b_ok, worst), overflow, log_domain, plan_finite); with bad inputs (the
+// fourth to sixth entries say which) the arrays are undefined.
 template <typename T>
-py::tuple sinkhorn_impl(const py::array_t<T, py::array::c_style>& a, const py::array_t<T, py::array::c_style>& b,
-                        const py::array_t<T, py::array::c_style>& M, double reg, int64_t max_iter, double stop_thr,
-                        bool log_domain, int num_threads) {
-  if (M.ndim() != 3 || a.ndim() != 2 || b.ndim() != 2) throw std::invalid_argument("M: expected [B, n, m]");
-  const int64_t B = M.shape(0), n = M.shape(1), m = M.shape(2);
-  if (a.shape(0) != B || a.shape(1) != n) throw std::invalid_argument("a: shape does not match M");
-  if (b.shape(0) != B || b.shape(1) != m) throw std::invalid_argument("b: shape does not match M");
+py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M, const Array<int64_t>& n_sizes,
+                        const Array<int64_t>& m_sizes, double reg, int64_t max_iter, double stop_thr, int domain,
+                        double scaling_limit, bool want_plan, int num_threads) {
+  const Layout L = make_layout(n_sizes, m_sizes, a.size(), b.size(), M.size());
   if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
   if (max_iter < 1) throw std::invalid_argument("max_iter: expected >= 1");
+  if (domain < 0 || domain > 2) throw std::invalid_argument("domain: expected 0, 1 or 2");
   topoot::SinkhornOptions opt;
   opt.reg = reg;
   opt.max_iter = max_iter;
   opt.stop_thr = stop_thr;
-  opt.log_domain = log_domain;
-  py::array_t<T> plan({B, n, m}), log_u({B, n}), log_v({B, m}), err(B);
-  py::array_t<int64_t> n_iter(B);
+  opt.log_domain = domain == 1;
+  opt.auto_domain = domain == 2;
+  opt.scaling_limit = scaling_limit;
+  Array<T> plan(want_plan ? M.size() : 0), log_u(a.size()), log_v(b.size()), err(L.B);
+  Array<int64_t> n_iter(L.B);
+  topoot::SinkhornReport report;
   {
     py::gil_scoped_release release;
-    topoot::sinkhorn_batch<T>(a.data(), b.data(), M.data(), B, n, m, opt, num_threads, plan.mutable_data(),
-                              log_u.mutable_data(), log_v.mutable_data(), n_iter.mutable_data(), err.mutable_data());
+    report = topoot::sinkhorn_batch<T>(a.data(), b.data(), M.data(), L.view, L.B, opt, num_threads,
+                                       want_plan ? plan.mutable_data() : nullptr, log_u.mutable_data(),
+                                       log_v.mutable_data(), n_iter.mutable_data(), err.mutable_data());
   }
-  return py::make_tuple(plan, log_u, log_v, n_iter, err);
+  return py::make_tuple(want_plan ? py::object(plan) : py::object(py::none()), log_u, log_v, n_iter, err,
+                        input_stats(report.inputs), report.overflow, report.log_domain, report.plan_finite);
 }
 
 // The selection's transport step (best_stability_cpu.h): ragged points and offsets in.
@@ -150,9 +193,6 @@ py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, co
   return py::make_tuple(s_row, c_row, s_col, c_col, n_iter);
 }
 
-// One pass over a padded batch of problems for the checks and the domain
-// choice: (a, b, M all finite, a >= 0, b >= 0, max |M| over real entries).
-// Whether every entry of an array is finite: one pass, the GIL released (a plan's check).
 template <typename T>
 bool all_finite_impl(const py::array_t<T, py::array::c_style>& x) {
   py::gil_scoped_release release;
@@ -160,33 +200,15 @@ bool all_finite_impl(const py::array_t<T, py::array::c_style>& x) {
 }
 
 template <typename T>
-py::tuple sinkhorn_stats_impl(const py::array_t<T, py::array::c_style>& a, const py::array_t<T, py::array::c_style>& b,
-                              const py::array_t<T, py::array::c_style>& M) {
-  const int64_t B = M.shape(0), n = M.shape(1), m = M.shape(2);
-  bool finite = true, a_ok = true, b_ok = true;
-  double worst = 0;
+py::tuple sinkhorn_check_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M, const Array<int64_t>& n_sizes,
+                              const Array<int64_t>& m_sizes, int num_threads) {
+  const Layout L = make_layout(n_sizes, m_sizes, a.size(), b.size(), M.size());
+  topoot::SinkhornInputStats st;
   {
     py::gil_scoped_release release;
-    const T* pa = a.data();
-    const T* pb = b.data();
-    const T* pM = M.data();
-    finite = all_finite(pa, B * n) && all_finite(pb, B * m) && all_finite(pM, B * n * m);
-    for (int64_t i = 0; i < B * n; ++i) a_ok &= !(pa[i] < 0);
-    for (int64_t j = 0; j < B * m; ++j) b_ok &= !(pb[j] < 0);
-    if (finite) {
-      for (int64_t k = 0; k < B; ++k) {
-        for (int64_t i = 0; i < n; ++i) {
-          if (!(pa[k * n + i] > 0)) continue;
-          const T* row = pM + (k * n + i) * m;
-          const T* bk = pb + k * m;
-          T w = 0;
-          for (int64_t j = 0; j < m; ++j) w = std::max(w, bk[j] > 0 ? std::abs(row[j]) : T(0));
-          worst = std::max(worst, static_cast<double>(w));
-        }
-      }
-    }
+    st = topoot::sinkhorn_check_batch<T>(a.data(), b.data(), M.data(), L.view, L.B, num_threads);
   }
-  return py::make_tuple(finite, a_ok, b_ok, worst);
+  return input_stats(st);
 }
 
 // The head's loss without its products: e [B, P, E], y [B, P] uint8, partner and weight [B, 2P]
@@ -264,13 +286,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("construction"), py::arg("dim0"), py::arg("dim1"), py::arg("num_threads"));
   m.def("all_finite_f32", &all_finite_impl<float>, py::arg("x"));
   m.def("all_finite_f64", &all_finite_impl<double>, py::arg("x"));
-  m.def("sinkhorn_stats_f32", &sinkhorn_stats_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"));
-  m.def("sinkhorn_stats_f64", &sinkhorn_stats_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"));
+  m.def("sinkhorn_check_f32", &sinkhorn_check_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"),
+        py::arg("n_sizes"), py::arg("m_sizes"), py::arg("num_threads"));
+  m.def("sinkhorn_check_f64", &sinkhorn_check_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"),
+        py::arg("n_sizes"), py::arg("m_sizes"), py::arg("num_threads"));
   m.def("best_stability", &best_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
         py::arg("diagonal"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("scaling_limit"),
         py::arg("num_threads"));
-  m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),
-        py::arg("max_iter"), py::arg("stop_thr"), py::arg("log_domain"), py::arg("num_threads"));
-  m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("reg"),
-        py::arg("max_iter"), py::arg("stop_thr"), py::arg("log_domain"), py::arg("num_threads"));
+  m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
+        py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
+        py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));
+  m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
+        py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
+        py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));
 }

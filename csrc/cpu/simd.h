@@ -13,9 +13,14 @@
 // For loops of comparisons and bit operations only (exact whatever the instructions, so no
 // floating-point contraction can differ between clones): an AVX-512 clone too.
 #define TOPOOT_TARGET_CLONES_EXACT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+// Floating-point loops whose AVX-512 clone contracts to the same fused multiply-adds as the AVX2
+// one and keeps every reduction's order (explicit partial sums), so both give the same bits; only
+// the baseline build (no FMA) may differ in the last place.
+#define TOPOOT_TARGET_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define TOPOOT_TARGET_CLONES
 #define TOPOOT_TARGET_CLONES_EXACT
+#define TOPOOT_TARGET_CLONES_WIDE
 #endif
 
 // Helpers called from a cloned function must be inlined into it, or the

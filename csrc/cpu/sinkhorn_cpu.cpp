@@ -14,8 +14,11 @@
 // Both check ||colsum(plan) - b||_2 < stop_thr at iterations 0, 10, 20, ...
 #include "sinkhorn_cpu.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
@@ -24,13 +27,18 @@
 namespace topoot {
 namespace {
 
-// dot(c * x, y) with eight independent partial sums (the compiler may not reorder a
-// floating-point reduction itself, and one accumulator chains every add on the previous one);
-// each c * x[j] is rounded first, as a stored row of c * x would be.
+// dot(c * x, y) with 32 independent partial sums (the compiler may not reorder a floating-point
+// reduction itself, and a chain through one register waits out every add's latency: four AVX-512
+// or eight AVX2 registers in flight), then eight for what is left; each c * x[j] is rounded first,
+// as a stored row of c * x would be.
 template <typename T>
 TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  T acc[32] = {};
   int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    for (int t = 0; t < 32; ++t) acc[t] += (c * x[j + t]) * y[j + t];
+  }
+  for (int t = 0; t < 8; ++t) acc[t] = (acc[t] + acc[t + 8]) + (acc[t + 16] + acc[t + 24]);
   for (; j + 8 <= n; j += 8) {
     for (int t = 0; t < 8; ++t) acc[t] += (c * x[j + t]) * y[j + t];
   }
@@ -80,11 +88,19 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
       bad |= !std::isfinite(v[j]);
     }
     for (int64_t j = 0; j < mc; ++j) next[j] = 0;
-    for (int64_t i = 0; i < nr; ++i) {
+    int64_t i = 0;
+    for (; i + 2 <= nr; i += 2) {  // two rows per sweep of next: half its loads and stores
       const T* Ki = K + i * mc;
-      u[i] = T(1) / scaled_dot(T(1) / a[i], Ki, v, mc);
-      bad |= !std::isfinite(u[i]);
-      const T ui = u[i];
+      const T* Kj = Ki + mc;
+      const T ui = u[i] = T(1) / scaled_dot(T(1) / a[i], Ki, v, mc);
+      const T uj = u[i + 1] = T(1) / scaled_dot(T(1) / a[i + 1], Kj, v, mc);
+      bad |= !std::isfinite(ui) || !std::isfinite(uj);
+      for (int64_t j = 0; j < mc; ++j) next[j] += Ki[j] * ui + Kj[j] * uj;
+    }
+    for (; i < nr; ++i) {
+      const T* Ki = K + i * mc;
+      const T ui = u[i] = T(1) / scaled_dot(T(1) / a[i], Ki, v, mc);
+      bad |= !std::isfinite(ui);
       for (int64_t j = 0; j < mc; ++j) next[j] += Ki[j] * ui;
     }
     if (bad) {  // machine precision reached: POT keeps the previous scalings
@@ -167,28 +183,39 @@ TOPOOT_INLINE void kernel_row(const T* M, int64_t m, T reg, bool log_domain, T* 
   }
 }
 
-// Entry (i, j) of the plan from the scalings, compact indices: what the padded plan holds.
+// Row i of the plan from the scalings, compact indices: what the padded plan holds. Returns the
+// sum of its entries times 0: 0 unless some entry is NaN or infinite (then NaN).
 template <typename T>
-TOPOOT_INLINE T plan_entry(const SinkhornScratch<T>& s, bool log_domain, int64_t i, int64_t j, int64_t mc) {
-  return log_domain ? exp_fast(s.K[i * mc + j] + s.u[i] + s.v[j]) : s.u[i] * s.K[i * mc + j] * s.v[j];
+TOPOOT_INLINE T plan_row(const SinkhornScratch<T>& s, bool log_domain, int64_t i, T* out) {
+  const int64_t mc = static_cast<int64_t>(s.cols.size());
+  const T* Ki = s.K.data() + i * mc;
+  const T* v = s.v.data();
+  const T ui = s.u[i];
+  T z = 0;
+  if (log_domain) {
+#pragma omp simd reduction(+ : z)
+    for (int64_t j = 0; j < mc; ++j) {
+      out[j] = exp_fast(Ki[j] + ui + v[j]);
+      z += out[j] * T(0);
+    }
+  } else {
+#pragma omp simd reduction(+ : z)
+    for (int64_t j = 0; j < mc; ++j) {
+      out[j] = ui * Ki[j] * v[j];
+      z += out[j] * T(0);
+    }
+  }
+  return z;
 }
 
-// One problem, start to finish: gather its real rows and columns, iterate,
-// scatter the plan and scalings back into the padded outputs (none with a null plan: the
-// scalings stay in the scratch for sinkhorn_plan_row).
+// One problem, start to finish: gather its real rows and columns, iterate, write the plan (when
+// asked for) and the log scalings. A problem with no zero weight (every packed problem a caller
+// builds from diagrams) reads its costs and writes its plan row by row in place, with no index
+// gather, no scatter and no zero fill. Returns whether every plan entry written is finite.
 template <typename T>
-TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m,
-                          const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
+TOPOOT_INLINE bool solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m,
+                                 const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
-  if (Pk != nullptr) {
-    for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
-      if (i % poll_fill == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-      std::fill(Pk + i * m, Pk + (i + 1) * m, T(0));
-    }
-    std::fill(luk, luk + n, neg_inf);
-    std::fill(lvk, lvk + m, neg_inf);
-  }
   niter = 0;
   errk = 1;
   s.rows.clear();
@@ -200,7 +227,19 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
     if (bk[j] > 0) s.cols.push_back(j);
   }
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
-  if (nr == 0 || mc == 0) return;  // nothing to transport: a zero plan
+  const bool dense = nr == n && mc == m && nr > 0 && mc > 0;  // no padding to fill
+  if (!dense) {
+    std::fill(luk, luk + n, neg_inf);
+    std::fill(lvk, lvk + m, neg_inf);
+    if (Pk != nullptr) {
+      const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
+      for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
+        if (i % poll_fill == 0 && interrupted()) return true;  // target_clones: no throw here (parallel.h)
+        std::fill(Pk + i * m, Pk + (i + 1) * m, T(0));
+      }
+    }
+  }
+  if (nr == 0 || mc == 0) return true;  // nothing to transport: a zero plan
   s.a.resize(nr);
   s.b.resize(mc);
   s.K.resize(nr * mc);
@@ -211,52 +250,129 @@ TOPOOT_INLINE void solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   const T reg = static_cast<T>(opt.reg);
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   for (int64_t i = 0; i < nr; ++i) {
-    if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
+    if (i % poll_rows == 0 && interrupted()) return true;  // target_clones: no throw here (parallel.h)
     const T* Mi = Mk + s.rows[i] * m;
     T* Ki = s.K.data() + i * mc;
-    for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
-    kernel_row(Ki, mc, reg, opt.log_domain, Ki);
+    if (mc == m) {
+      kernel_row(Mi, m, reg, opt.log_domain, Ki);
+    } else {
+      for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
+      kernel_row(Ki, mc, reg, opt.log_domain, Ki);
+    }
   }
   if (opt.log_domain) {
     solve_log(s, nr, mc, opt, niter, errk);
-    if (Pk == nullptr) return;
-    for (int64_t i = 0; i < nr; ++i) {
-      if (i % poll_rows == 0 && interrupted()) return;
-      for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = plan_entry(s, true, i, j, mc);
-    }
-    for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = s.u[i];
-    for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = s.v[j];
   } else {
     solve_scaling(s, nr, mc, opt, niter, errk);
-    if (Pk == nullptr) return;
-    for (int64_t i = 0; i < nr; ++i) {
-      if (i % poll_rows == 0 && interrupted()) return;
-      for (int64_t j = 0; j < mc; ++j) Pk[s.rows[i] * m + s.cols[j]] = plan_entry(s, false, i, j, mc);
-    }
-    for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = std::log(s.u[i]);
-    for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = std::log(s.v[j]);
   }
+  for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = opt.log_domain ? s.u[i] : std::log(s.u[i]);
+  for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = opt.log_domain ? s.v[j] : std::log(s.v[j]);
+  if (Pk == nullptr) return true;
+  T zero = 0;
+  std::vector<T>& row = s.mx;  // a scattered row's compact values (mx is free after the solve)
+  for (int64_t i = 0; i < nr; ++i) {
+    if (i % poll_rows == 0 && interrupted()) return true;
+    T* out = Pk + s.rows[i] * m;
+    if (mc == m) {
+      zero += plan_row(s, opt.log_domain, i, out);
+    } else {
+      zero += plan_row(s, opt.log_domain, i, row.data());
+      for (int64_t j = 0; j < mc; ++j) out[s.cols[j]] = row[j];
+    }
+  }
+  return zero == 0;
+}
+
+// Over the real entries of one problem (a > 0 row, b > 0 column): max |M|. Over all its entries,
+// padding included: whether a, b and M are finite, a and b non-negative. The loop over the costs
+// is an `omp simd` reduction, exact in any order: a maximum, and a sum of x * 0, which stays 0
+// unless some x is NaN or infinite (then NaN). A NaN in a row's maximum is harmless: that row's
+// sum flags it.
+template <typename T>
+TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr Bits kExp = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
+  auto nonfinite = [&](T x) -> Bits {
+    Bits u;
+    std::memcpy(&u, &x, sizeof u);
+    return static_cast<Bits>((u & kExp) == kExp);
+  };
+  SinkhornInputStats st;
+  Bits bad = 0;
+  bool neg = false;
+  for (int64_t i = 0; i < n; ++i) {
+    bad |= nonfinite(ak[i]);
+    st.a_ok &= !(ak[i] < 0);
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    bad |= nonfinite(bk[j]);
+    neg |= bk[j] < 0;
+  }
+  st.b_ok = !neg;
+  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
+  std::vector<T> col_real(m);  // 1 on a real column, 0 on padding: the maximum's mask as a product
+  for (int64_t j = 0; j < m; ++j) col_real[j] = bk[j] > 0 ? T(1) : T(0);
+  const T* mask = col_real.data();
+  T worst = 0, zero = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i % poll_rows == 0 && interrupted()) break;  // target_clones: no throw here (parallel.h)
+    const T* row = Mk + i * m;
+    const T keep = ak[i] > 0 ? T(1) : T(0);  // padding rows: checked, not in the maximum
+    T w = 0, z = 0;
+#pragma omp simd reduction(max : w) reduction(+ : z)
+    for (int64_t j = 0; j < m; ++j) {
+      w = std::max(w, std::abs(row[j]) * mask[j]);
+      z += row[j] * T(0);
+    }
+    worst = std::max(worst, w * keep);
+    zero += z;
+  }
+  bad |= static_cast<Bits>(!(zero == 0));
+  st.finite = bad == 0;
+  st.worst = static_cast<double>(worst);
+  return st;
+}
+
+// The AVX-512 clone computes the same bits as the AVX2 one (both contract to the same fused
+// multiply-adds; every reduction keeps its order), 8 lanes wide.
+TOPOOT_TARGET_CLONES_WIDE bool sinkhorn_problem_f32(SinkhornScratch<float>& s, const float* ak, const float* bk,
+                                                   const float* Mk, int64_t n, int64_t m, const SinkhornOptions& opt,
+                                                   float* Pk, float* luk, float* lvk, int64_t& niter, float& errk) {
+  return solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
+}
+TOPOOT_TARGET_CLONES_WIDE bool sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* ak, const double* bk,
+                                                   const double* Mk, int64_t n, int64_t m, const SinkhornOptions& opt,
+                                                   double* Pk, double* luk, double* lvk, int64_t& niter,
+                                                   double& errk) {
+  return solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
+}
+TOPOOT_TARGET_CLONES_EXACT SinkhornInputStats check_problem_f32(const float* ak, const float* bk, const float* Mk,
+                                                                int64_t n, int64_t m) {
+  return check_problem(ak, bk, Mk, n, m);
+}
+TOPOOT_TARGET_CLONES_EXACT SinkhornInputStats check_problem_f64(const double* ak, const double* bk, const double* Mk,
+                                                                int64_t n, int64_t m) {
+  return check_problem(ak, bk, Mk, n, m);
+}
+
+// Largest problems first (n_k * m_k, ties by index), so that no thread is left with a large one
+// while the others idle; each problem writes only its own outputs, so the order changes nothing.
+std::vector<int64_t> largest_first(const SinkhornLayout& L, int64_t B) {
+  std::vector<int64_t> order(B);
+  for (int64_t k = 0; k < B; ++k) order[k] = k;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return L.n[x] * L.m[x] > L.n[y] * L.m[y]; });
+  return order;
 }
 
 }  // namespace
 
-TOPOOT_TARGET_CLONES void sinkhorn_problem_f32(SinkhornScratch<float>& s, const float* ak, const float* bk, const float* Mk,
-                                            int64_t n, int64_t m, const SinkhornOptions& opt, float* Pk, float* luk,
-                                            float* lvk, int64_t& niter, float& errk) {
-  solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
-}
-TOPOOT_TARGET_CLONES void sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* ak, const double* bk, const double* Mk,
-                                            int64_t n, int64_t m, const SinkhornOptions& opt, double* Pk,
-                                            double* luk, double* lvk, int64_t& niter, double& errk) {
-  solve_problem(s, ak, bk, Mk, n, m, opt, Pk, luk, lvk, niter, errk);
-}
-
-TOPOOT_TARGET_CLONES void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain,
+TOPOOT_TARGET_CLONES_WIDE void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain,
                                                double* K) {
   kernel_row(M, m, reg, log_domain, K);
 }
 
-TOPOOT_TARGET_CLONES void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b,
+TOPOOT_TARGET_CLONES_WIDE void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b,
                                                  int64_t n, int64_t m, const SinkhornOptions& opt, int64_t& niter,
                                                  double& err) {
   s.rows.resize(n);
@@ -276,30 +392,104 @@ TOPOOT_TARGET_CLONES void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, 
   }
 }
 
-TOPOOT_TARGET_CLONES void sinkhorn_plan_row_f64(const SinkhornScratch<double>& s, bool log_domain, int64_t i,
-                                             double* row) {
-  const int64_t mc = static_cast<int64_t>(s.cols.size());
-  for (int64_t j = 0; j < mc; ++j) row[j] = plan_entry(s, log_domain, i, j, mc);
+TOPOOT_TARGET_CLONES_WIDE void sinkhorn_plan_row_f64(const SinkhornScratch<double>& s, bool log_domain, int64_t i,
+                                                  double* row) {
+  plan_row(s, log_domain, i, row);
 }
 
 template <typename T>
-void sinkhorn_batch(const T* a, const T* b, const T* M, int64_t B, int64_t n, int64_t m,
-                    const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
-                    int64_t* n_iter, T* err) {
-  parallel_for<SinkhornScratch<T>>(B, num_threads, [&](SinkhornScratch<T>& s, int64_t k) {
+SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const SinkhornLayout& L, int64_t B,
+                              const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
+                              int64_t* n_iter, T* err) {
+  std::vector<SinkhornInputStats> stats(B);
+  std::vector<uint8_t> log_domain(B, 0), finite(B, 1), solved(B, 0);
+  auto solve = [&](SinkhornScratch<T>& s, int64_t k, bool log) {
+    SinkhornOptions o = opt;
+    o.log_domain = log;
+    T* Pk = plan == nullptr ? nullptr : plan + L.m_off[k];
     if constexpr (sizeof(T) == 4) {
-      sinkhorn_problem_f32(s, a + k * n, b + k * m, M + k * n * m, n, m, opt, plan + k * n * m, log_u + k * n,
-                           log_v + k * m, n_iter[k], err[k]);
+      finite[k] = sinkhorn_problem_f32(s, a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k], o, Pk,
+                                       log_u + L.a_off[k], log_v + L.b_off[k], n_iter[k], err[k]);
     } else {
-      sinkhorn_problem_f64(s, a + k * n, b + k * m, M + k * n * m, n, m, opt, plan + k * n * m, log_u + k * n,
-                           log_v + k * m, n_iter[k], err[k]);
+      finite[k] = sinkhorn_problem_f64(s, a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k], o, Pk,
+                                       log_u + L.a_off[k], log_v + L.b_off[k], n_iter[k], err[k]);
     }
+    log_domain[k] = log;
+  };
+  const double reg = opt.reg;
+  const std::vector<int64_t> order = largest_first(L, B);
+  parallel_for<SinkhornScratch<T>>(B, num_threads, [&](SinkhornScratch<T>& s, int64_t rank) {
+    const int64_t k = order[rank];
+    if constexpr (sizeof(T) == 4) {
+      stats[k] = check_problem_f32(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
+    } else {
+      stats[k] = check_problem_f64(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
+    }
+    poll();
+    const SinkhornInputStats& st = stats[k];
+    const double ratio = st.worst / reg;
+    if (!st.finite || !st.a_ok || !st.b_ok || !(ratio < static_cast<double>(std::numeric_limits<T>::max()))) return;
+    solve(s, k, opt.auto_domain ? ratio > opt.scaling_limit : opt.log_domain);
+    solved[k] = 1;
+    poll();  // throws here, outside the clones, if the call was cancelled
   });
+  SinkhornReport report;
+  for (const auto& st : stats) {
+    report.inputs.finite &= st.finite;
+    report.inputs.a_ok &= st.a_ok;
+    report.inputs.b_ok &= st.b_ok;
+    report.inputs.worst = std::max(report.inputs.worst, st.worst);
+  }
+  report.overflow = !(report.inputs.worst / reg < static_cast<double>(std::numeric_limits<T>::max()));
+  if (!report.inputs.finite || !report.inputs.a_ok || !report.inputs.b_ok || report.overflow) return report;
+  report.log_domain = std::any_of(log_domain.begin(), log_domain.end(), [](uint8_t x) { return x != 0; });
+  if (opt.auto_domain && report.log_domain) {  // the batch rule: every problem in the log domain
+    std::vector<int64_t> again;
+    for (int64_t k : order) {
+      if (!log_domain[k]) again.push_back(k);
+    }
+    parallel_for<SinkhornScratch<T>>(static_cast<int64_t>(again.size()), num_threads,
+                                     [&](SinkhornScratch<T>& s, int64_t r) {
+                                       solve(s, again[r], true);
+                                       poll();
+                                     });
+  }
+  if (!opt.auto_domain) report.log_domain = opt.log_domain;
+  report.plan_finite = std::all_of(finite.begin(), finite.end(), [](uint8_t x) { return x != 0; });
+  return report;
 }
 
-template void sinkhorn_batch<float>(const float*, const float*, const float*, int64_t, int64_t, int64_t,
-                                    const SinkhornOptions&, int, float*, float*, float*, int64_t*, float*);
-template void sinkhorn_batch<double>(const double*, const double*, const double*, int64_t, int64_t, int64_t,
-                                     const SinkhornOptions&, int, double*, double*, double*, int64_t*, double*);
+template <typename T>
+SinkhornInputStats sinkhorn_check_batch(const T* a, const T* b, const T* M, const SinkhornLayout& L, int64_t B,
+                                        int num_threads) {
+  std::vector<SinkhornInputStats> per(B);
+  const std::vector<int64_t> order = largest_first(L, B);
+  parallel_for<int>(B, num_threads, [&](int&, int64_t rank) {
+    const int64_t k = order[rank];
+    if constexpr (sizeof(T) == 4) {
+      per[k] = check_problem_f32(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
+    } else {
+      per[k] = check_problem_f64(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
+    }
+    poll();
+  });
+  SinkhornInputStats all;
+  for (const auto& st : per) {
+    all.finite &= st.finite;
+    all.a_ok &= st.a_ok;
+    all.b_ok &= st.b_ok;
+    all.worst = std::max(all.worst, st.worst);
+  }
+  return all;
+}
+
+#define TOPOOT_SINKHORN_INSTANCES(T)                                                                            \
+  template SinkhornReport sinkhorn_batch<T>(const T*, const T*, const T*, const SinkhornLayout&, int64_t,       \
+                                            const SinkhornOptions&, int, T*, T*, T*, int64_t*, T*);              \
+  template SinkhornInputStats sinkhorn_check_batch<T>(const T*, const T*, const T*, const SinkhornLayout&, int64_t, \
+                                                      int);
+TOPOOT_SINKHORN_INSTANCES(float)
+TOPOOT_SINKHORN_INSTANCES(double)
+#undef TOPOOT_SINKHORN_INSTANCES
 
 }  // namespace topoot

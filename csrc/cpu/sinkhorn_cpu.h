@@ -13,15 +13,58 @@ struct SinkhornOptions {
   int64_t max_iter = 1000;
   double stop_thr = 1e-9;
   bool log_domain = false;
+  // sinkhorn_batch only: pick the domain from the costs, as one rule for the whole batch (the
+  // scaling domain when max |M| / reg <= scaling_limit over every problem's real entries).
+  bool auto_domain = false;
+  double scaling_limit = 0;
 };
 
-// a [B, n], b [B, m], M [B, n, m] (row-major, contiguous). Rows with a == 0
-// and columns with b == 0 are padding. Outputs: plan [B, n, m], log_u [B, n],
-// log_v [B, m], n_iter [B] (POT's log["niter"]), err [B].
+// Where problem k of a batch lies in flat buffers: n[k] x m[k] entries; its a at a_off[k], b at
+// b_off[k], M (row-major [n[k], m[k]], contiguous) at m_off[k]; its plan, log_u and log_v at the
+// same offsets as M, a and b. A padded batch [B, n, m] is the layout with n[k] = n, m[k] = m,
+// a_off[k] = k n, b_off[k] = k m, m_off[k] = k n m; a packed one puts the problems end to end.
+struct SinkhornLayout {
+  const int64_t* n;
+  const int64_t* m;
+  const int64_t* a_off;
+  const int64_t* b_off;
+  const int64_t* m_off;
+};
+
+// The input check of a batch: whether a, b and M are finite and a, b non-negative (every entry,
+// padding included), and max |M| over the real entries.
+struct SinkhornInputStats {
+  bool finite = true, a_ok = true, b_ok = true;
+  double worst = 0;
+};
+
+// What a batch call found besides its outputs.
+struct SinkhornReport {
+  SinkhornInputStats inputs;  // the whole batch's
+  bool overflow = false;      // max |M| / reg overflows T: nothing solved
+  bool log_domain = false;    // the domain that ran
+  bool plan_finite = true;    // every plan entry written is finite
+};
+
+// Rows with a == 0 and columns with b == 0 are padding (plan 0, log scalings -inf). plan may be
+// null: then no plan is written (nothing of any problem's size n x m is touched but the scratch).
+// n_iter [B] is POT's log["niter"], err [B] the column-marginal error at the last check.
+//
+// The input check is folded into the solve: each problem is checked right before it is solved,
+// while its costs are in cache (one pass less over the batch in memory). With bad inputs (see
+// report.inputs, report.overflow) the outputs are undefined: the caller raises. With
+// opt.auto_domain each problem starts in the domain its own costs allow; if any needs the log
+// domain, those solved in the scaling domain are solved again in the log domain, so the batch
+// follows the one rule.
 template <typename T>
-void sinkhorn_batch(const T* a, const T* b, const T* M, int64_t B, int64_t n, int64_t m,
-                    const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
-                    int64_t* n_iter, T* err);
+SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const SinkhornLayout& layout, int64_t B,
+                              const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
+                              int64_t* n_iter, T* err);
+
+// The input check alone, threaded over the problems (for the batches the other backends solve).
+template <typename T>
+SinkhornInputStats sinkhorn_check_batch(const T* a, const T* b, const T* M, const SinkhornLayout& layout, int64_t B,
+                                        int num_threads);
 
 // Per-thread buffers of the solver: a problem's real rows and columns, copied compactly.
 template <typename T>
@@ -31,22 +74,11 @@ struct SinkhornScratch {
   Buffer<T> K;  // [rows, cols]: uninitialised when it grows (buffer.h)
 };
 
-// One padded problem start to finish (a [n], b [m], M [n, m]; zero weights are padding): plan
-// [n, m], log_u [n], log_v [m], n_iter and err as in sinkhorn_batch. The domain is opt.log_domain.
-// plan == nullptr: no plan and no log scalings are written (nothing of size n x m is touched but
-// the scratch); read the plan row by row with sinkhorn_plan_row_f64 instead.
-void sinkhorn_problem_f32(SinkhornScratch<float>& s, const float* a, const float* b, const float* M, int64_t n,
-                          int64_t m, const SinkhornOptions& opt, float* plan, float* log_u, float* log_v,
-                          int64_t& n_iter, float& err);
-void sinkhorn_problem_f64(SinkhornScratch<double>& s, const double* a, const double* b, const double* M, int64_t n,
-                          int64_t m, const SinkhornOptions& opt, double* plan, double* log_u, double* log_v,
-                          int64_t& n_iter, double& err);
-
 // A problem whose matrix the caller fills itself, row by row, with no [n, m] cost array (the
 // selection's costs are computed from points): sinkhorn_kernel_row_f64 turns a row of costs M [m]
-// into the row K [m] of the solver's matrix (what sinkhorn_problem_f64 would put there); once
+// into the row K [m] of the solver's matrix (what sinkhorn_batch would put there); once
 // s.K [n, m] is filled, sinkhorn_solve_kernel_f64 iterates (all weights a [n], b [m] positive).
-// Same iterates, n_iter and err as sinkhorn_problem_f64 on that problem.
+// Same iterates, n_iter and err as sinkhorn_batch on that problem.
 void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, double* K);
 void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
                                const SinkhornOptions& opt, int64_t& n_iter, double& err);

@@ -92,6 +92,13 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
     return v
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a Python bool: a bool or a numpy bool (not an int, a string or None)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_seed(seed: Any) -> int:
     """A seed: an int (or numpy integer) in ``[0, 2**63)``."""
     return check_int("seed", seed, minimum=0, maximum=2**63 - 1)

@@ -17,6 +17,8 @@ from .results import SinkhornResult
 
 #: The domains this backend runs.
 DOMAINS = ("scaling", "log")
+#: Gets padded, checked batches and a domain from the api (see ``_cpp.FUSED``).
+FUSED = False
 
 
 def sinkhorn(

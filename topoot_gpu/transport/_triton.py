@@ -32,6 +32,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 #: The domains this backend runs.
 DOMAINS = ("log",)
+#: Gets padded, checked batches and a domain from the api (see ``_cpp.FUSED``).
+FUSED = False
 #: Largest n, m the kernel takes (a padded tile up to 256 x 256; above 64 it spills, see above).
 TRITON_MAX_SIZE = 256
 #: Largest tile side that fits in registers without spilling (sm_90, float32 and float64).

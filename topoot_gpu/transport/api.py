@@ -4,7 +4,10 @@ One solver call runs a whole batch of problems ``(a_k, b_k, M_k)``, padded to a 
 ``[B, n, m]``. Rows with ``a = 0`` and columns with ``b = 0`` are padding: they start at
 ``log u = -inf`` / ``log v = -inf`` and never change a real entry, so a padded problem gives the
 plan of the same problem without its padding. (A real zero weight is treated the same way, which
-equals POT on the problem with that row removed.)
+equals POT on the problem with that row removed.) A batch may also come packed, the problems end
+to end with their sizes (``sizes=``; SPEC 3 speaks of padded batches only, packed ones are this
+library's extension): each problem then costs its own size in the ``"cpp"`` backend, and the
+result is the padded batch's real entries, bit for bit.
 
 The iterates are POT's ``ot.sinkhorn(a, b, M, reg)``: from ``u = v = 0`` (log scalings), each
 iteration ::
@@ -35,6 +38,7 @@ This module checks the arguments once and dispatches through the backend table
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -45,9 +49,24 @@ from .. import _C
 from ..core import backends
 from ..core.allocator import gib, memory_budget
 from ..core.host import to_host
-from ..core.validation import check_choice, check_finite, check_int, check_number, check_threads, floating_tensor
-from .padded import best_match, diagram_costs, padded_diagram_costs, stability
-from .results import BestStability, SinkhornResult, auto_domain
+from ..core.validation import (
+    check_choice,
+    check_finite,
+    check_flag,
+    check_int,
+    check_number,
+    check_threads,
+    floating_tensor,
+)
+from .padded import best_match, diagram_costs, flat_layout, pack_result, pad_packed, padded_diagram_costs, stability
+from .results import (
+    BestStability,
+    SinkhornResult,
+    auto_domain,
+    check_inputs,
+    check_overflow,
+    non_finite_plan_error,
+)
 
 __all__ = [
     "BestStability",
@@ -64,44 +83,63 @@ DOMAINS = ("auto", "scaling", "log")
 COSTS = ("normalized", "diagonal")
 
 
-def _check_problem(a: Any, b: Any, M: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_problem(a: Any, b: Any, M: Any, sizes: Any) -> tuple[torch.Tensor, ...]:
+    """Shapes, dtype and device of a padded batch, or of a packed one (``sizes``: then also the
+    sizes, int64 host tensors)."""
     a, b, M = floating_tensor(a, "a"), floating_tensor(b, "b"), floating_tensor(M, "M")
-    if M.dim() != 3:
-        raise ValueError(f"M: expected shape [B, n, m], got {tuple(M.shape)}")
-    B, n, m = M.shape
-    if tuple(a.shape) != (B, n):
-        raise ValueError(f"a: expected shape {(B, n)} to match M {tuple(M.shape)}, got {tuple(a.shape)}")
-    if tuple(b.shape) != (B, m):
-        raise ValueError(f"b: expected shape {(B, m)} to match M {tuple(M.shape)}, got {tuple(b.shape)}")
+    if sizes is None:
+        if M.dim() != 3:
+            raise ValueError(f"M: expected shape [B, n, m], got {tuple(M.shape)}")
+        B, n, m = M.shape
+        if tuple(a.shape) != (B, n):
+            raise ValueError(f"a: expected shape {(B, n)} to match M {tuple(M.shape)}, got {tuple(a.shape)}")
+        if tuple(b.shape) != (B, m):
+            raise ValueError(f"b: expected shape {(B, m)} to match M {tuple(M.shape)}, got {tuple(b.shape)}")
+        n_sizes = m_sizes = None
+    else:
+        n_sizes, m_sizes = _check_sizes(sizes)
+        for name, x, want in (("a", a, n_sizes.sum()), ("b", b, m_sizes.sum()), ("M", M, (n_sizes * m_sizes).sum())):
+            if x.dim() != 1 or len(x) != int(want):
+                raise ValueError(
+                    f"{name}: a packed batch needs a 1-D tensor of {int(want)} entries (from sizes), "
+                    f"got shape {tuple(x.shape)}"
+                )
     if not (a.device == b.device == M.device):
         raise ValueError(f"a, b, M: expected one device, got {a.device}, {b.device}, {M.device}")
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), M.dtype)
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float32
-    return a.to(dtype), b.to(dtype), M.to(dtype)
+    return a.to(dtype), b.to(dtype), M.to(dtype), n_sizes, m_sizes
 
 
-def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor) -> float:
-    """Raise on NaN/inf or negative weights; return ``max |M|`` over the real entries.
+def _check_sizes(sizes: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+        raise ValueError(f"sizes: expected (n_sizes, m_sizes), got {type(sizes).__name__}")
+    out = []
+    for x in sizes:
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach()
+        if x.dim() != 1 or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"sizes: expected two 1-D integer arrays, got dtype {x.dtype}, shape {tuple(x.shape)}")
+        out.append(x.cpu().to(torch.int64))
+    if len(out[0]) != len(out[1]):
+        raise ValueError(f"sizes: n_sizes and m_sizes differ in length ({len(out[0])} and {len(out[1])})")
+    if bool((out[0] < 0).any()) or bool((out[1] < 0).any()):
+        raise ValueError("sizes: expected non-negative sizes")
+    return out[0], out[1]
 
-    CPU tensors are checked in one fused C++ pass (the batch is streamed once, not per check).
-    """
+
+def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, num_threads: int) -> float:
+    """Raise on NaN/inf or negative weights in a padded batch; return ``max |M|`` over the real
+    entries. CPU tensors are checked in one C++ pass, threaded over the problems."""
     if M.device.type == "cpu":
-        stats = _C.sinkhorn_stats_f64 if M.dtype == torch.float64 else _C.sinkhorn_stats_f32
-        finite, a_ok, b_ok, worst = stats(*(x.contiguous().numpy() for x in (a, b, M)))
+        check = _C.sinkhorn_check_f64 if M.dtype == torch.float64 else _C.sinkhorn_check_f32
+        finite, a_ok, b_ok, worst = check(*flat_layout(a, b, M, None), num_threads)
     else:
         finite = all(bool(torch.isfinite(x).all()) for x in (a, b, M))
         a_ok, b_ok = not bool((a < 0).any()), not bool((b < 0).any())
         real = (a > 0)[:, :, None] & (b > 0)[:, None, :]
         worst = float(torch.where(real, M.abs(), 0.0).max()) if finite and M.numel() else 0.0
-    if not finite:
-        for name, x in (("a", a), ("b", b), ("M", M)):
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{name}: contains NaN or infinite values")
-    if not a_ok:
-        raise ValueError("a: weights must be non-negative")
-    if not b_ok:
-        raise ValueError("b: weights must be non-negative")
+    check_inputs(finite, a_ok, b_ok, a, b, M)
     return worst
 
 
@@ -123,13 +161,17 @@ def sinkhorn(
     domain: str = "auto",
     backend: str = "auto",
     num_threads: int | None = None,
+    sizes: Any = None,
+    return_plan: bool = True,
 ) -> SinkhornResult:
-    """Entropic OT plans of a batch of (padded, ragged) problems, POT's iterates.
+    """Entropic OT plans of a batch of (padded or packed, ragged) problems, POT's iterates.
 
     Args:
-        a: ``[B, n]`` row weights (``0`` marks a padding row).
-        b: ``[B, m]`` column weights (``0`` marks a padding column).
-        M: ``[B, n, m]`` costs; padding entries are ignored but must be finite.
+        a: ``[B, n]`` row weights (``0`` marks a padding row); packed: ``[sum n_sizes]``.
+        b: ``[B, m]`` column weights (``0`` marks a padding column); packed: ``[sum m_sizes]``.
+        M: ``[B, n, m]`` costs; padding entries are ignored but must be finite. Packed: ``[sum
+            n_sizes * m_sizes]``, each problem's ``[n_k, m_k]`` costs row-major, problem after
+            problem (:func:`diagram_costs` with ``packed=True`` builds them).
         reg: entropic regularisation, ``> 0``.
         max_iter: at most this many iterations per problem (POT's ``numItermax``).
         stop_thr: stop threshold on the column-marginal error, checked every 10 iterations.
@@ -142,7 +184,17 @@ def sinkhorn(
             ``TRITON_INTERPRET=1``; extra ``triton``), ``"reference"`` (POT in a loop; host tensors;
             extra ``test``). A backend that does not take the inputs' device raises a
             ``ValueError``.
-        num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
+        num_threads: worker threads of the ``"cpp"`` backend and of the C++ input check of CPU
+            tensors (default: all cores).
+        sizes: ``None`` (a padded batch) or ``(n_sizes, m_sizes)``, int ``[B]`` each: a packed
+            batch, whose problem ``k`` has ``n_sizes[k]`` rows and ``m_sizes[k]`` columns (read on
+            the host). The ``"cpp"`` backend solves each at its own size and touches nothing
+            else; the other backends pad the batch to its largest problem and pack the result.
+            The result is packed the same way: ``plan [sum n_k m_k]``, ``log_u [sum n_k]``,
+            ``log_v [sum m_k]``, ``n_iter``, ``err [B]``. Values equal the padded batch's real
+            entries, bit for bit.
+        return_plan: ``False``: ``result.plan`` is ``None`` and the ``"cpp"`` backend never
+            allocates or writes it (the plan is ``exp(-M/reg + log_u_i + log_v_j)``).
 
     Inputs are torch tensors or numpy arrays of one floating dtype family (the result is float64
     if any input is, else float32) on one device, any strides; the result is on that device.
@@ -159,42 +211,49 @@ def sinkhorn(
     """
     backend = backends.check_backend("sinkhorn", backend)
     check_choice("domain", domain, DOMAINS)
-    a, b, M = _check_problem(a, b, M)
-    name, _ = backends.resolve("sinkhorn", backend, M.device)
-    worst = _check_values(a, b, M)
+    return_plan = check_flag("return_plan", return_plan)
+    num_threads = check_threads(num_threads)
+    a, b, M, n_sizes, m_sizes = _check_problem(a, b, M, sizes)
     reg, max_iter, stop_thr = _check_solver(reg, max_iter, stop_thr)
-
+    name, _ = backends.resolve("sinkhorn", backend, M.device)
     module = backends.load("sinkhorn", name)
-    if domain == "auto":
-        domain = auto_domain(worst, reg, M.dtype)
-        domain = domain if domain in module.DOMAINS else module.DOMAINS[0]
-    elif domain not in module.DOMAINS:
+    if domain != "auto" and domain not in module.DOMAINS:
         raise ValueError(f"domain: backend {name!r} runs {module.DOMAINS}, got {domain!r}")
-    if not worst / reg < torch.finfo(M.dtype).max:
-        raise ValueError(
-            f"M: max |M| / reg = {worst / reg:.3g} overflows {M.dtype}; the plan depends on M / reg only, "
-            "so rescale M and reg together"
-        )
+    packed = n_sizes is not None
+    solver = {"reg": reg, "max_iter": max_iter, "stop_thr": stop_thr, "num_threads": num_threads}
     # Every backend "auto" picks here takes the inputs' device (core.backends), so nothing moves.
-    result = module.sinkhorn(
-        a, b, M, reg=reg, max_iter=max_iter, stop_thr=stop_thr, domain=domain, num_threads=check_threads(num_threads)
-    )
-    _check_result(result, stop_thr)
+    if module.FUSED:
+        sizes = (n_sizes, m_sizes) if packed else None
+        result = module.sinkhorn(a, b, M, domain=domain, sizes=sizes, return_plan=return_plan, **solver)
+    else:
+        if packed:
+            a, b, M = pad_packed(a, b, M, n_sizes.to(M.device), m_sizes.to(M.device))
+        worst = _check_values(a, b, M, num_threads)
+        check_overflow(worst, reg, M.dtype)
+        if domain == "auto":
+            domain = auto_domain(worst, reg, M.dtype)
+            domain = domain if domain in module.DOMAINS else module.DOMAINS[0]
+        result = module.sinkhorn(a, b, M, domain=domain, **solver)
+        if packed:
+            result = pack_result(result, n_sizes.to(M.device), m_sizes.to(M.device))
+        if not return_plan:
+            result = dataclasses.replace(result, plan=None)
+    _check_result(result, stop_thr, plan_checked=module.FUSED)
     return result
 
 
-def _check_result(result: SinkhornResult, stop_thr: float) -> None:
-    """Raise on a non-finite plan (finite inputs), warn once about problems that did not converge."""
+def _check_result(result: SinkhornResult, stop_thr: float, *, plan_checked: bool) -> None:
+    """Raise on a non-finite plan (finite inputs), warn once about problems that did not converge.
+    ``plan_checked``: the backend checked the plan as it wrote it (``"cpp"``)."""
     plan = result.plan
-    if plan.device.type == "cpu":  # one C++ pass; torch.isfinite is four kernels and temporaries
-        finite = (_C.all_finite_f64 if plan.dtype == torch.float64 else _C.all_finite_f32)(plan.contiguous().numpy())
-    else:
-        finite = bool(torch.isfinite(plan).all())
-    if not finite:
-        raise ValueError(
-            "M: the plan is not finite although the inputs are (reg far too small for these costs "
-            f"in {result.plan.dtype}?); try a larger reg, float64, or domain='log'"
-        )
+    if plan is not None and not plan_checked:
+        if plan.device.type == "cpu":  # one C++ pass; torch.isfinite is four kernels and temporaries
+            all_finite = _C.all_finite_f64 if plan.dtype == torch.float64 else _C.all_finite_f32
+            finite = all_finite(plan.contiguous().numpy())
+        else:
+            finite = bool(torch.isfinite(plan).all())
+        if not finite:
+            raise non_finite_plan_error()
     missed = int((~(result.err < stop_thr)).sum())
     if missed:
         warnings.warn(
@@ -274,7 +333,17 @@ def best_stability(
             :func:`best_match` on the padded batch; any device), ``"triton"`` (the same with the
             Triton solver, log domain, problems up to 256 points a side), ``"reference"`` (POT,
             problem by problem).
-        num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
+        num_threads: worker threads of the ``"cpp"`` backend and of the C++ input check of CPU
+            tensors (default: all cores).
+        sizes: ``None`` (a padded batch) or ``(n_sizes, m_sizes)``, int ``[B]`` each: a packed
+            batch, whose problem ``k`` has ``n_sizes[k]`` rows and ``m_sizes[k]`` columns (read on
+            the host). The ``"cpp"`` backend solves each at its own size and touches nothing
+            else; the other backends pad the batch to its largest problem and pack the result.
+            The result is packed the same way: ``plan [sum n_k m_k]``, ``log_u [sum n_k]``,
+            ``log_v [sum m_k]``, ``n_iter``, ``err [B]``. Values equal the padded batch's real
+            entries, bit for bit.
+        return_plan: ``False``: ``result.plan`` is ``None`` and the ``"cpp"`` backend never
+            allocates or writes it (the plan is ``exp(-M/reg + log_u_i + log_v_j)``).
         max_memory: bytes the step may allocate (default: half of the memory of the device it
             runs on, :func:`topoot_gpu.core.allocator.memory_budget`). Each backend's need is
             estimated before anything is allocated (:data:`BYTES_PER_ENTRY` bytes per cost-matrix

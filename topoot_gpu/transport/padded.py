@@ -1,5 +1,6 @@
-"""The backend-neutral maths of padded batches of diagram problems (SPEC 3 and 4): costs, stability,
-best match, and every point's best stability through any padded solver (the ``"torch"`` and
+"""The backend-neutral maths of padded and packed batches of diagram problems (SPEC 3 and 4): costs,
+conversions between the two layouts, stability, best match, and every point's best stability
+through any padded solver (the ``"torch"`` and
 ``"triton"`` backends of :func:`topoot_gpu.transport.api.best_stability`). Torch operations, any
 device."""
 
@@ -15,7 +16,7 @@ from ..core.validation import check_choice, check_int
 from .results import BestStability, SinkhornResult, auto_domain
 
 
-def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized", packed: bool = False) -> tuple:
     """Costs and weights between two ragged batches of diagrams (SPEC 3).
 
     Args:
@@ -26,11 +27,19 @@ def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Te
             (paper text): an extra last row and column for the diagonal, ``M[i, j] = |p_i -
             q_j|^2``, ``M[i, diag] = (high - low)^2 / 2``, ``M[diag, diag] = 0``, weights
             ``[1, ..., 1, m] / (n + m)`` and ``[1, ..., 1, n] / (n + m)``.
+        packed: return the problems end to end instead of padded to the largest (each costs its
+            own size in :func:`sinkhorn`'s ``"cpp"`` backend).
 
     Returns:
-        ``(M, a, b)`` padded to ``[B, n_max(+1), m_max(+1)]`` (float64; padding weight 0, padding
-        cost 0), ready for :func:`sinkhorn`. With ``"diagonal"``, the diagonal is the last row
-        and column, after the padding.
+        ``packed=False``: ``(M, a, b)`` padded to ``[B, n_max(+1), m_max(+1)]`` (float64; padding
+        weight 0, padding cost 0), ready for :func:`sinkhorn`. With ``"diagonal"``, the diagonal is
+        the last row and column, after the padding.
+
+        ``packed=True``: ``(M, a, b, sizes)`` with ``sizes = (n_sizes, m_sizes)`` (int64 ``[B]``,
+        each problem's rows and columns, the diagonal's included), ``a [sum n_sizes]``, ``b [sum
+        m_sizes]`` and ``M [sum n_sizes * m_sizes]`` (each problem's ``[n_k, m_k]`` costs
+        row-major), float64, the same values as the padded problems' real entries, bit for bit;
+        pass them as ``sinkhorn(a, b, M, sizes=sizes, ...)``.
 
     Raises:
         ValueError: ``P`` or ``Q`` not a sequence of finite ``[n, 2]`` real diagrams, different
@@ -45,6 +54,11 @@ def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Te
     B = len(Ps)
     n = torch.tensor([len(p) for p in Ps], dtype=torch.int64)
     m = torch.tensor([len(q) for q in Qs], dtype=torch.int64)
+    if packed:
+        none = torch.zeros(0, 2, dtype=torch.float64)
+        out = packed_diagram_costs(torch.cat([*Ps, none]), n, torch.cat([*Qs, none]), m, kind=kind)
+        _check_diagonal_costs(kind, out[0])
+        return out
     N, Mx = int(n.max()) if B else 0, int(m.max()) if B else 0
     Pp = torch.zeros(B, N, 2, dtype=torch.float64)
     Qp = torch.zeros(B, Mx, 2, dtype=torch.float64)
@@ -52,9 +66,13 @@ def diagram_costs(P: Any, Q: Any, *, kind: str = "normalized") -> tuple[torch.Te
         Pp[k, : n[k]] = Ps[k]
         Qp[k, : m[k]] = Qs[k]
     M, a, b = padded_diagram_costs(Pp, n, Qp, m, kind=kind)
+    _check_diagonal_costs(kind, M)
+    return M, a, b
+
+
+def _check_diagonal_costs(kind: str, M: torch.Tensor) -> None:
     if kind == "diagonal" and not bool(torch.isfinite(M).all()):
         raise ValueError("P, Q: squared distances overflow float64 (points beyond ~1e154); rescale the diagrams")
-    return M, a, b
 
 
 def padded_diagram_costs(
@@ -91,6 +109,100 @@ def padded_diagram_costs(
     a = torch.cat([row.double(), m[:, None].double()], 1) / total
     b = torch.cat([col.double(), n[:, None].double()], 1) / total
     return M, a, b
+
+
+def packed_diagram_costs(
+    P: torch.Tensor, n: torch.Tensor, Q: torch.Tensor, m: torch.Tensor, *, kind: str = "normalized"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`diagram_costs` with ``packed=True`` of ragged points ``P [sum n, 2]`` (problem after
+    problem), ``Q [sum m, 2]``: every entry computed where it lies, by the padded formulas (the
+    same bits), nothing padded built."""
+    B = len(n)
+    device = P.device
+    diagonal = kind == "diagonal"
+    rows, cols = (n + 1, m + 1) if diagonal else (n, m)
+    p_start, q_start = torch.cumsum(n, 0) - n, torch.cumsum(m, 0) - m
+    entries = rows * cols
+    k, t = ragged_slots(entries)  # every cost entry's problem and its index in the problem
+    i = torch.div(t, cols[k], rounding_mode="floor")
+    j = t - i * cols[k]
+    if kind == "normalized":
+        # As padded_diagram_costs: problems with coordinates beyond 2**500 scaled by a power of two.
+        zero = torch.zeros(B, dtype=P.dtype, device=device)
+        big = zero.scatter_reduce(0, ragged_slots(n)[0], P.abs().amax(1), "amax")
+        big = big.scatter_reduce(0, ragged_slots(m)[0], Q.abs().amax(1), "amax")
+        e = torch.where(big > 2.0**500, torch.frexp(big).exponent, 0)
+        P = torch.ldexp(P, -e.repeat_interleave(n, output_size=len(P))[:, None])
+        Q = torch.ldexp(Q, -e.repeat_interleave(m, output_size=len(Q))[:, None])
+    p_row = (p_start[k] + i.clamp(max=(n[k] - 1).clamp(min=0))).clamp(max=max(len(P) - 1, 0))
+    q_col = (q_start[k] + j.clamp(max=(m[k] - 1).clamp(min=0))).clamp(max=max(len(Q) - 1, 0))
+    p = P[p_row] if len(P) else torch.zeros(len(k), 2, dtype=torch.float64, device=device)
+    q = Q[q_col] if len(Q) else torch.zeros(len(k), 2, dtype=torch.float64, device=device)
+    sq = ((p - q) ** 2).sum(-1)
+    a_n = (1.0 / (n + m).clamp(min=1).double()) if diagonal else 1.0 / n.clamp(min=1).double()
+    b_n = (1.0 / (n + m).clamp(min=1).double()) if diagonal else 1.0 / m.clamp(min=1).double()
+    a = a_n.repeat_interleave(rows)
+    b = b_n.repeat_interleave(cols)
+    if not diagonal:
+        D = sq.sqrt()
+        Dmax = torch.zeros(B, dtype=torch.float64, device=device).scatter_reduce(0, k, D, "amax")
+        M = (D / (Dmax[k] + 1e-12)) ** 2
+        return M, a, b, (rows, cols)
+    in_p, in_q = i < n[k], j < m[k]
+    to_diag_p = (p[:, 1] - p[:, 0]) ** 2 / 2
+    to_diag_q = (q[:, 1] - q[:, 0]) ** 2 / 2
+    M = torch.where(in_p & in_q, sq, torch.where(in_p, to_diag_p, torch.where(in_q, to_diag_q, 0.0)))
+    a_last, b_last = torch.cumsum(rows, 0) - 1, torch.cumsum(cols, 0) - 1
+    a[a_last] = m.double() / (n + m).clamp(min=1).double()
+    b[b_last] = n.double() / (n + m).clamp(min=1).double()
+    return M, a, b, (rows, cols)
+
+
+def flat_layout(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, sizes: tuple | None) -> list[np.ndarray]:
+    """A batch of host tensors as the C++ core takes it: flat ``a``, ``b``, ``M`` and every
+    problem's sizes (a padded batch is ``B`` problems of ``n x m``)."""
+    if sizes is None:
+        B, n, m = M.shape
+        sizes = (torch.full((B,), n, dtype=torch.int64), torch.full((B,), m, dtype=torch.int64))
+    return [x.contiguous().reshape(-1).numpy() for x in (a, b, M)] + [s.numpy() for s in sizes]
+
+
+def pad_packed(
+    a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, n_sizes: torch.Tensor, m_sizes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A packed batch (:func:`diagram_costs` with ``packed=True``) as padded ``[B, n_max, m_max]``
+    problems (weight 0 and cost 0 on padding), for the backends that solve padded batches."""
+    B = len(n_sizes)
+    N = int(n_sizes.max()) if B else 0
+    Mx = int(m_sizes.max()) if B else 0
+    ap = torch.zeros(B, N, dtype=a.dtype, device=a.device)
+    bp = torch.zeros(B, Mx, dtype=b.dtype, device=b.device)
+    Mp = torch.zeros(B, N, Mx, dtype=M.dtype, device=M.device)
+    ap[ragged_slots(n_sizes, total=len(a))] = a
+    bp[ragged_slots(m_sizes, total=len(b))] = b
+    Mp[_packed_entries(n_sizes, m_sizes, len(M))] = M
+    return ap, bp, Mp
+
+
+def pack_result(result: SinkhornResult, n_sizes: torch.Tensor, m_sizes: torch.Tensor) -> SinkhornResult:
+    """A padded batch's result, its real slots packed problem after problem (:func:`pad_packed`)."""
+    total = int((n_sizes * m_sizes).sum())
+    plan = None if result.plan is None else result.plan[_packed_entries(n_sizes, m_sizes, total)]
+    return SinkhornResult(
+        plan,
+        result.log_u[ragged_slots(n_sizes, total=int(n_sizes.sum()))],
+        result.log_v[ragged_slots(m_sizes, total=int(m_sizes.sum()))],
+        result.n_iter,
+        result.err,
+        result.domain,
+    )
+
+
+def _packed_entries(n_sizes: torch.Tensor, m_sizes: torch.Tensor, total: int) -> tuple[torch.Tensor, ...]:
+    """Problem, row and column of every entry of a packed ``M``."""
+    k, t = ragged_slots(n_sizes * m_sizes, total=total)
+    i = torch.div(t, m_sizes[k], rounding_mode="floor")
+    return k, i, t - i * m_sizes[k]
 
 
 def _diagram_list(X: Any, name: str) -> list[torch.Tensor]:

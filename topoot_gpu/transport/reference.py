@@ -17,6 +17,8 @@ from .results import BestStability, SinkhornResult
 
 #: POT's two methods: ``"scaling"`` is its default ``sinkhorn_knopp``, ``"log"`` its ``sinkhorn_log``.
 DOMAINS = ("scaling", "log")
+#: Gets padded, checked batches and a domain from the api (see ``_cpp.FUSED``).
+FUSED = False
 
 
 def import_pot():

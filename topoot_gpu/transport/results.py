@@ -22,20 +22,52 @@ class SinkhornResult:
     """Solutions of a batch of problems.
 
     Attributes:
-        plan: ``[B, n, m]`` transport plans (zero on padding).
-        log_u, log_v: ``[B, n]``, ``[B, m]`` log scalings (``-inf`` on padding), POT's
+        plan: ``[B, n, m]`` transport plans (zero on padding); packed: ``[sum n_k m_k]``; ``None``
+            when not asked for (``return_plan=False``).
+        log_u, log_v: ``[B, n]``, ``[B, m]`` (packed: ``[sum n_k]``, ``[sum m_k]``) log scalings
+            (``-inf`` on padding), POT's
             ``log_u``/``log_v`` in the log domain.
         n_iter: ``[B]`` int64, POT's ``log["niter"]``: the index of the last iteration run.
         err: ``[B]`` column-marginal error at the last check.
         domain: the domain that ran, ``"scaling"`` or ``"log"``.
     """
 
-    plan: torch.Tensor
+    plan: torch.Tensor | None
     log_u: torch.Tensor
     log_v: torch.Tensor
     n_iter: torch.Tensor
     err: torch.Tensor
     domain: str
+
+
+def check_inputs(finite: bool, a_ok: bool, b_ok: bool, a: torch.Tensor, b: torch.Tensor, M: torch.Tensor) -> None:
+    """Raise the :class:`ValueError` that names the bad input, from an input check's findings."""
+    if not finite:
+        for name, x in (("a", a), ("b", b), ("M", M)):
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name}: contains NaN or infinite values")
+    if not a_ok:
+        raise ValueError("a: weights must be non-negative")
+    if not b_ok:
+        raise ValueError("b: weights must be non-negative")
+
+
+def check_overflow(worst: float, reg: float, dtype: torch.dtype) -> None:
+    """Raise when ``max |M| / reg`` overflows ``dtype`` (no solver could use it)."""
+    if not worst / reg < torch.finfo(dtype).max:
+        raise ValueError(
+            f"M: max |M| / reg = {worst / reg:.3g} overflows {dtype}; the plan depends on M / reg only, "
+            "so rescale M and reg together"
+        )
+
+
+def non_finite_plan_error() -> ValueError:
+    """What :func:`topoot_gpu.transport.api.sinkhorn` raises for a plan that is not finite although
+    its inputs are (never returned)."""
+    return ValueError(
+        "M: the plan is not finite although the inputs are (reg far too small for these costs "
+        "in this dtype?); try a larger reg, float64, or domain='log'"
+    )
 
 
 @dataclass(frozen=True)

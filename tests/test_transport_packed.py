@@ -1,0 +1,234 @@
+"""Packed (ragged, unpadded) transport batches: ``diagram_costs(packed=True)`` equals the padded
+costs' real entries, ``sinkhorn(sizes=...)`` equals the padded solve's real entries through every
+backend that runs here and POT problem by problem, ``return_plan=False``, and bad packed input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from topoot_gpu import diagram_costs, sinkhorn
+from topoot_gpu.testing import transport_problem
+
+ot = pytest.importorskip("ot")
+
+
+def ragged_diagrams(rng, sizes, *, scale: float = 1.0):
+    """Random diagrams (points ``low <= high``), with ties when ``sizes`` repeats a point count."""
+    out = []
+    for n in sizes:
+        pts = np.sort(rng.random((n, 2)), 1) * scale
+        if n > 3:
+            pts[1] = pts[0]  # a repeated point: ties in the costs
+        out.append(pts)
+    return out
+
+
+def real_entries(M, a, b, n_sizes, m_sizes, kind):
+    """The padded batch's real entries, packed problem after problem (the diagonal last)."""
+    Ms, As, Bs = [], [], []
+    for k, (n, m) in enumerate(zip(n_sizes.tolist(), m_sizes.tolist())):
+        rows = list(range(n - 1)) + [M.shape[1] - 1] if kind == "diagonal" else list(range(n))
+        cols = list(range(m - 1)) + [M.shape[2] - 1] if kind == "diagonal" else list(range(m))
+        Ms.append(M[k][rows][:, cols].reshape(-1))
+        As.append(a[k, rows])
+        Bs.append(b[k, cols])
+    return torch.cat(Ms), torch.cat(As), torch.cat(Bs)
+
+
+# Coordinates beyond 2**500 (normalized costs rescale them first); diagonal costs that large are
+# refused instead (test_transport.py).
+@pytest.mark.parametrize(
+    "kind,scale", [("normalized", 1.0), ("normalized", 1e3), ("normalized", 2.0**600), ("diagonal", 1.0),
+                   ("diagonal", 1e3)],
+)  # fmt: skip
+def test_packed_costs_equal_the_padded_real_entries(rng, kind, scale):
+    Ps = ragged_diagrams(rng, [0, 1, 7, 30, 3, 0, 12], scale=scale)
+    Qs = ragged_diagrams(rng, [4, 0, 7, 11, 1, 0, 25], scale=scale)
+    M, a, b = diagram_costs(Ps, Qs, kind=kind)
+    Mq, aq, bq, (n_sizes, m_sizes) = diagram_costs(Ps, Qs, kind=kind, packed=True)
+    extra = int(kind == "diagonal")
+    assert n_sizes.tolist() == [len(p) + extra for p in Ps]
+    assert m_sizes.tolist() == [len(q) + extra for q in Qs]
+    Mr, ar, br = real_entries(M, a, b, n_sizes, m_sizes, kind)
+    assert torch.equal(Mq, Mr) and torch.equal(aq, ar) and torch.equal(bq, br)
+
+
+def packed_problems(rng, sizes, *, zero_weights: bool = False):
+    problems = [transport_problem(rng, n, m, cost=["random", "diagram"][k % 2]) for k, (n, m) in enumerate(sizes)]
+    if zero_weights:  # a caller's own packed batch may carry zero weights: rows/columns left out
+        a0, b0, M0 = problems[1]
+        a0, b0 = a0.copy(), b0.copy()
+        a0[0], b0[-1] = 0.0, 0.0
+        problems[1] = (a0 / a0.sum(), b0 / b0.sum(), M0)
+    a = torch.from_numpy(np.concatenate([p[0] for p in problems]))
+    b = torch.from_numpy(np.concatenate([p[1] for p in problems]))
+    M = torch.from_numpy(np.concatenate([p[2].reshape(-1) for p in problems]))
+    n_sizes = torch.tensor([n for n, _ in sizes])
+    m_sizes = torch.tensor([m for _, m in sizes])
+    return problems, a, b, M, (n_sizes, m_sizes)
+
+
+def padded(problems):
+    N = max(len(p[0]) for p in problems)
+    Mx = max(len(p[1]) for p in problems)
+    a = torch.zeros(len(problems), N, dtype=torch.float64)
+    b = torch.zeros(len(problems), Mx, dtype=torch.float64)
+    M = torch.full((len(problems), N, Mx), 3.25, dtype=torch.float64)  # junk padding costs
+    for k, (ak, bk, Mk) in enumerate(problems):
+        a[k, : len(ak)], b[k, : len(bk)], M[k, : len(ak), : len(bk)] = (torch.from_numpy(x) for x in (ak, bk, Mk))
+    return a, b, M
+
+
+SIZES = [(1, 1), (5, 9), (33, 2), (0, 4), (17, 40), (64, 64), (3, 0), (90, 41)]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch", "reference"])
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+@pytest.mark.parametrize("zero_weights", [False, True])
+def test_packed_sinkhorn_equals_the_padded_one(rng, backend, domain, zero_weights):
+    problems, a, b, M, sizes = packed_problems(rng, SIZES, zero_weights=zero_weights)
+    res = sinkhorn(a, b, M, reg=0.05, max_iter=3000, domain=domain, backend=backend, sizes=sizes)
+    pad = sinkhorn(*padded(problems), reg=0.05, max_iter=3000, domain=domain, backend=backend)
+    assert res.domain == pad.domain == domain
+    assert torch.equal(res.n_iter, pad.n_iter) and torch.equal(res.err, pad.err)
+    po = pu = pv = 0
+    for k, (ak, bk, _) in enumerate(problems):
+        n, m = len(ak), len(bk)
+        # The same values as the padded solve's real entries, bit for bit.
+        assert torch.equal(res.plan[po : po + n * m].reshape(n, m), pad.plan[k, :n, :m])
+        assert torch.equal(res.log_u[pu : pu + n], pad.log_u[k, :n])
+        assert torch.equal(res.log_v[pv : pv + m], pad.log_v[k, :m])
+        po, pu, pv = po + n * m, pu + n, pv + m
+    assert (po, pu, pv) == (len(res.plan), len(res.log_u), len(res.log_v))
+
+
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+def test_packed_sinkhorn_has_pots_iterates(rng, domain):
+    sizes = [(int(n), int(m)) for n, m in rng.integers(1, 120, size=(12, 2))]
+    problems, a, b, M, packed = packed_problems(rng, sizes)
+    res = sinkhorn(a, b, M, reg=0.05, max_iter=5000, domain=domain, sizes=packed)
+    method = "sinkhorn_log" if domain == "log" else "sinkhorn"
+    off = 0
+    for k, (ak, bk, Mk) in enumerate(problems):
+        G, log = ot.sinkhorn(ak, bk, Mk, 0.05, method=method, numItermax=5000, stopThr=1e-9, log=True, warn=False)
+        ours = res.plan[off : off + G.size].reshape(G.shape).numpy()
+        off += G.size
+        assert np.abs(ours - G).max() <= 1e-9, k
+        assert int(res.n_iter[k]) == int(log["niter"]), k
+
+
+def test_packed_sinkhorn_through_triton_equals_the_padded_one(rng, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    problems, a, b, M, sizes = packed_problems(rng, [(3, 5), (8, 2), (0, 3), (6, 6)])
+    res = sinkhorn(a, b, M, reg=0.1, max_iter=200, backend="triton", sizes=sizes)
+    pad = sinkhorn(*padded(problems), reg=0.1, max_iter=200, backend="triton")
+    assert torch.equal(res.n_iter, pad.n_iter)
+    off = 0
+    for k, (ak, bk, _) in enumerate(problems):
+        n, m = len(ak), len(bk)
+        assert torch.equal(res.plan[off : off + n * m].reshape(n, m), pad.plan[k, :n, :m])
+        off += n * m
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_without_the_plan_the_scalings_are_the_same(rng, backend, layout):
+    problems, a, b, M, sizes = packed_problems(rng, SIZES)
+    if layout == "padded":
+        a, b, M = padded(problems)
+        sizes = None
+    full = sinkhorn(a, b, M, reg=0.05, backend=backend, sizes=sizes)
+    lean = sinkhorn(a, b, M, reg=0.05, backend=backend, sizes=sizes, return_plan=False)
+    assert lean.plan is None
+    for f in ("log_u", "log_v", "n_iter", "err"):
+        assert torch.equal(getattr(full, f), getattr(lean, f)), f
+    # The plan is exp(-M / reg + log_u_i + log_v_j), as documented.
+    if layout == "padded":
+        G = torch.exp(-M / 0.05 + lean.log_u[:, :, None] + lean.log_v[:, None, :])
+        assert torch.allclose(G, full.plan, rtol=1e-9, atol=1e-15)
+
+
+def test_packed_float32(rng):
+    problems, a, b, M, sizes = packed_problems(rng, [(4, 6), (20, 31), (64, 64)])
+    res = sinkhorn(a.float(), b.float(), M.float(), reg=0.05, max_iter=2000, stop_thr=1e-6, sizes=sizes)
+    pad = sinkhorn(*(x.float() for x in padded(problems)), reg=0.05, max_iter=2000, stop_thr=1e-6)
+    assert res.plan.dtype == torch.float32 and torch.equal(res.n_iter, pad.n_iter)
+    assert torch.equal(res.plan[: 4 * 6].reshape(4, 6), pad.plan[0, :4, :6])
+
+
+def _packed_ok():
+    a = torch.full((5,), 0.2, dtype=torch.float64)
+    b = torch.full((7,), 1 / 7, dtype=torch.float64)
+    M = torch.rand(2 * 3 + 3 * 4, dtype=torch.float64)
+    return a, b, M, (torch.tensor([2, 3]), torch.tensor([3, 4]))
+
+
+@pytest.mark.parametrize(
+    "change,arg",
+    [
+        (lambda a, b, M, s: (a, b, M, (s[0],)), "sizes"),
+        (lambda a, b, M, s: (a, b, M, "2,3"), "sizes"),
+        (lambda a, b, M, s: (a, b, M, (s[0].double(), s[1])), "sizes"),
+        (lambda a, b, M, s: (a, b, M, (s[0], s[1][:1])), "sizes"),
+        (lambda a, b, M, s: (a, b, M, (-s[0], s[1])), "sizes"),
+        (lambda a, b, M, s: (a, b, M, (s[0][None], s[1][None])), "sizes"),
+        (lambda a, b, M, s: (a[:4], b, M, s), "a"),
+        (lambda a, b, M, s: (a, b[:6], M, s), "b"),
+        (lambda a, b, M, s: (a, b, M[:-1], s), "M"),
+        (lambda a, b, M, s: (a, b, M.reshape(2, -1), s), "M"),
+        (lambda a, b, M, s: (a, b, M.masked_fill(M > 0.5, float("nan")), s), "M"),
+        (lambda a, b, M, s: (-a, b, M, s), "a"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_bad_packed_inputs_raise(change, arg, backend):
+    a, b, M, sizes = change(*_packed_ok())
+    with pytest.raises(ValueError, match=arg):
+        sinkhorn(a, b, M, reg=0.1, sizes=sizes, backend=backend)
+
+
+@pytest.mark.parametrize("value", [0, 1, "yes", None])
+def test_return_plan_must_be_a_bool(value):
+    a, b, M, sizes = _packed_ok()
+    with pytest.raises(ValueError, match="return_plan"):
+        sinkhorn(a, b, M, reg=0.1, sizes=sizes, return_plan=value)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_auto_domain_is_one_rule_for_the_batch(rng, layout):
+    """The C++ backend picks each problem's domain as it checks it, then solves again in the log
+    domain what it solved in the scaling domain if any problem needed the log domain: the batch
+    rule (max |M| / reg over the whole batch), the same results as ``domain="log"``."""
+    problems, a, b, M, sizes = packed_problems(rng, [(6, 5), (30, 12), (9, 40)])
+    big = problems[1][2] * 400  # max |M| / reg > 300 with reg 0.3: this problem needs the log domain
+    problems[1] = (problems[1][0], problems[1][1], big)
+    M = torch.from_numpy(np.concatenate([p[2].reshape(-1) for p in problems]))
+    if layout == "padded":
+        a, b, M = padded(problems)
+        sizes = None
+    mixed = sinkhorn(a, b, M, reg=0.3, sizes=sizes)
+    log = sinkhorn(a, b, M, reg=0.3, sizes=sizes, domain="log")
+    torch_auto = sinkhorn(*padded(problems), reg=0.3, backend="torch")
+    assert mixed.domain == log.domain == torch_auto.domain == "log"
+    for f in ("plan", "log_u", "log_v", "n_iter", "err"):
+        assert torch.equal(getattr(mixed, f), getattr(log, f)), f
+    # Without the large problem the batch runs in the scaling domain.
+    rest = [problems[0], problems[2]]
+    assert sinkhorn(*padded(rest), reg=0.3).domain == "scaling"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_costs_whose_ratio_overflows_are_refused(backend, layout):
+    a, b, M, sizes = _packed_ok()
+    M = M.clone()
+    M[3] = 1e300
+    if layout == "padded":
+        f64 = {"dtype": torch.float64}
+        a, b, sizes = torch.full((1, 2), 0.5, **f64), torch.full((1, 2), 0.5, **f64), None
+        M = torch.full((1, 2, 2), 1e300, **f64)
+    with pytest.raises(ValueError, match="overflows"):
+        sinkhorn(a, b, M, reg=1e-10, sizes=sizes, backend=backend)
