@@ -101,10 +101,13 @@ def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
     v_all = torch.where(col, 1.0 / col.sum(1, keepdim=True).clamp(min=1).to(M.dtype), zero)
     state = _Batch(B, M.device, M.dtype, max_iter)
     empty = ~row.any(1) | ~col.any(1)
-    K, Kp, bb, rr, cc, u, v = K_all, K_all * inv_a[:, :, None], b, row, col, u_all.clone(), v_all.clone()
+    # Both products as vector-matrix bmm's, [B, 1, n] x [B, n, m]: on the CPU several times faster
+    # than einsum's (which copies the matrix) or a matrix-vector bmm; so (K / a) is kept transposed.
+    KpT = (K_all * inv_a[:, :, None]).transpose(1, 2).contiguous()
+    K, bb, rr, cc, u, v = K_all, b, row, col, u_all.clone(), v_all.clone()
     if empty.any():
         keep = state.finish(empty, 0, [])
-        K, Kp, bb, rr, cc, u, v = K[keep], Kp[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
+        K, KpT, bb, rr, cc, u, v = K[keep], KpT[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
     # POT's guard: a zero or non-finite scaling reverts to the previous ones and stops. A problem
     # that stops so is frozen on the device (its scalings kept, its iteration noted) and leaves the
     # batch at the next check, so the host synchronises once per check, not once per iteration.
@@ -114,9 +117,9 @@ def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
         if not len(state.active):
             break
         u_prev, v_prev = u, v
-        KtU = torch.einsum("bij,bi->bj", K, u)
+        KtU = torch.bmm(u[:, None, :], K)[:, 0]
         v = torch.where(cc, bb / torch.where(cc, KtU, 1.0), zero)
-        u = torch.where(rr, 1.0 / torch.where(rr, torch.einsum("bij,bj->bi", Kp, v), 1.0), zero)
+        u = torch.where(rr, 1.0 / torch.where(rr, torch.bmm(v[:, None, :], KpT)[:, 0], 1.0), zero)
         bad = ~stopped & (((KtU == 0) & cc).any(1) | ~torch.isfinite(u).all(1) | ~torch.isfinite(v).all(1))
         stop_iter = torch.where(bad, ii, stop_iter)
         stopped = stopped | bad
@@ -127,14 +130,14 @@ def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
             continue
         done = stopped
         if check:
-            err = torch.linalg.vector_norm(torch.einsum("bi,bij,bj->bj", u, K, v) - bb, dim=1)
+            err = torch.linalg.vector_norm(torch.bmm(u[:, None, :], K)[:, 0] * v - bb, dim=1)
             state.err[state.active] = torch.where(stopped, state.err[state.active], err)
             done = done | (err < stop_thr)
         if last:
             done = torch.ones_like(done)
         if done.any():  # the check's one synchronisation
             keep = state.finish(done, torch.where(stopped, stop_iter, ii), [(u_all, u), (v_all, v)])
-            K, Kp, bb, rr, cc, u, v = K[keep], Kp[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
+            K, KpT, bb, rr, cc, u, v = K[keep], KpT[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
             stopped, stop_iter = stopped[keep], stop_iter[keep]
     plan = u_all[:, :, None] * K_all * v_all[:, None, :]
     return SinkhornResult(plan, u_all.log(), v_all.log(), state.n_iter, state.err, "scaling")
