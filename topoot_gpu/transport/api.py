@@ -7,7 +7,7 @@ plan of the same problem without its padding. (A real zero weight is treated the
 equals POT on the problem with that row removed.) A batch may also come packed, the problems end
 to end with their sizes (``sizes=``; SPEC 3 speaks of padded batches only, packed ones are this
 library's extension): each problem then costs its own size in the ``"cpp"`` backend, and the
-result is the padded batch's real entries, bit for bit.
+result is the padded batch's real entries.
 
 The iterates are POT's ``ot.sinkhorn(a, b, M, reg)``: from ``u = v = 0`` (log scalings), each
 iteration ::
@@ -58,7 +58,15 @@ from ..core.validation import (
     check_threads,
     floating_tensor,
 )
-from .padded import best_match, diagram_costs, flat_layout, pack_result, pad_packed, padded_diagram_costs, stability
+from .padded import (
+    best_match,
+    diagram_costs,
+    flat_layout,
+    packed_real_costs,
+    padded_diagram_costs,
+    solve_packed,
+    stability,
+)
 from .results import (
     BestStability,
     SinkhornResult,
@@ -128,16 +136,17 @@ def _check_sizes(sizes: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, num_threads: int) -> float:
-    """Raise on NaN/inf or negative weights in a padded batch; return ``max |M|`` over the real
-    entries. CPU tensors are checked in one C++ pass, threaded over the problems."""
+def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, num_threads: int, sizes: tuple | None) -> float:
+    """Raise on NaN/inf or negative weights in a padded or packed (``sizes``) batch; return ``max
+    |M|`` over the real entries. CPU tensors are checked in one C++ pass, threaded over the
+    problems."""
     if M.device.type == "cpu":
         check = _C.sinkhorn_check_f64 if M.dtype == torch.float64 else _C.sinkhorn_check_f32
-        finite, a_ok, b_ok, worst = check(*flat_layout(a, b, M, None), num_threads)
+        finite, a_ok, b_ok, worst = check(*flat_layout(a, b, M, sizes), num_threads)
     else:
         finite = all(bool(torch.isfinite(x).all()) for x in (a, b, M))
         a_ok, b_ok = not bool((a < 0).any()), not bool((b < 0).any())
-        real = (a > 0)[:, :, None] & (b > 0)[:, None, :]
+        real = packed_real_costs(a, b, M, *sizes) if sizes else (a > 0)[:, :, None] & (b > 0)[:, None, :]
         worst = float(torch.where(real, M.abs(), 0.0).max()) if finite and M.numel() else 0.0
     check_inputs(finite, a_ok, b_ok, a, b, M)
     return worst
@@ -189,10 +198,12 @@ def sinkhorn(
         sizes: ``None`` (a padded batch) or ``(n_sizes, m_sizes)``, int ``[B]`` each: a packed
             batch, whose problem ``k`` has ``n_sizes[k]`` rows and ``m_sizes[k]`` columns (read on
             the host). The ``"cpp"`` backend solves each at its own size and touches nothing
-            else; the other backends pad the batch to its largest problem and pack the result.
-            The result is packed the same way: ``plan [sum n_k m_k]``, ``log_u [sum n_k]``,
-            ``log_v [sum m_k]``, ``n_iter``, ``err [B]``. Values equal the padded batch's real
-            entries, bit for bit.
+            else; the other backends solve it in classes of similar sizes, each padded to its own
+            largest problem (``padded.size_classes``: no side beyond twice a problem's larger
+            one). The result is packed the same way: ``plan [sum n_k m_k]``, ``log_u [sum n_k]``,
+            ``log_v [sum m_k]``, ``n_iter``, ``err [B]``; its values are the padded batch's real
+            entries (bit for bit with ``"cpp"``; the torch backend's vectorised reductions depend
+            on the padded width, so there equal to rounding).
         return_plan: ``False``: ``result.plan`` is ``None`` and the ``"cpp"`` backend never
             allocates or writes it (the plan is ``exp(-M/reg + log_u_i + log_v_j)``).
 
@@ -226,16 +237,17 @@ def sinkhorn(
         sizes = (n_sizes, m_sizes) if packed else None
         result = module.sinkhorn(a, b, M, domain=domain, sizes=sizes, return_plan=return_plan, **solver)
     else:
-        if packed:
-            a, b, M = pad_packed(a, b, M, n_sizes.to(M.device), m_sizes.to(M.device))
-        worst = _check_values(a, b, M, num_threads)
+        sizes = (n_sizes.to(M.device), m_sizes.to(M.device)) if packed else None
+        worst = _check_values(a, b, M, num_threads, sizes)
         check_overflow(worst, reg, M.dtype)
-        if domain == "auto":
+        if domain == "auto":  # one rule for the whole batch, before it is split by size
             domain = auto_domain(worst, reg, M.dtype)
             domain = domain if domain in module.DOMAINS else module.DOMAINS[0]
-        result = module.sinkhorn(a, b, M, domain=domain, **solver)
-        if packed:
-            result = pack_result(result, n_sizes.to(M.device), m_sizes.to(M.device))
+
+        def solve(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor) -> SinkhornResult:
+            return module.sinkhorn(a, b, M, domain=domain, **solver)
+
+        result = solve_packed(solve, a, b, M, *sizes) if packed else solve(a, b, M)
         if not return_plan:
             result = dataclasses.replace(result, plan=None)
     _check_result(result, stop_thr, plan_checked=module.FUSED)
@@ -333,17 +345,7 @@ def best_stability(
             :func:`best_match` on the padded batch; any device), ``"triton"`` (the same with the
             Triton solver, log domain, problems up to 256 points a side), ``"reference"`` (POT,
             problem by problem).
-        num_threads: worker threads of the ``"cpp"`` backend and of the C++ input check of CPU
-            tensors (default: all cores).
-        sizes: ``None`` (a padded batch) or ``(n_sizes, m_sizes)``, int ``[B]`` each: a packed
-            batch, whose problem ``k`` has ``n_sizes[k]`` rows and ``m_sizes[k]`` columns (read on
-            the host). The ``"cpp"`` backend solves each at its own size and touches nothing
-            else; the other backends pad the batch to its largest problem and pack the result.
-            The result is packed the same way: ``plan [sum n_k m_k]``, ``log_u [sum n_k]``,
-            ``log_v [sum m_k]``, ``n_iter``, ``err [B]``. Values equal the padded batch's real
-            entries, bit for bit.
-        return_plan: ``False``: ``result.plan`` is ``None`` and the ``"cpp"`` backend never
-            allocates or writes it (the plan is ``exp(-M/reg + log_u_i + log_v_j)``).
+        num_threads: worker threads of the ``"cpp"`` backend (default: all cores).
         max_memory: bytes the step may allocate (default: half of the memory of the device it
             runs on, :func:`topoot_gpu.core.allocator.memory_budget`). Each backend's need is
             estimated before anything is allocated (:data:`BYTES_PER_ENTRY` bytes per cost-matrix

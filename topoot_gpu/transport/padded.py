@@ -180,14 +180,16 @@ def pad_packed(
     Mp = torch.zeros(B, N, Mx, dtype=M.dtype, device=M.device)
     ap[ragged_slots(n_sizes, total=len(a))] = a
     bp[ragged_slots(m_sizes, total=len(b))] = b
-    Mp[_packed_entries(n_sizes, m_sizes, len(M))] = M
+    Mp.view(-1).index_copy_(0, _padded_positions(n_sizes, m_sizes, len(M), N, Mx), M)
     return ap, bp, Mp
 
 
 def pack_result(result: SinkhornResult, n_sizes: torch.Tensor, m_sizes: torch.Tensor) -> SinkhornResult:
     """A padded batch's result, its real slots packed problem after problem (:func:`pad_packed`)."""
     total = int((n_sizes * m_sizes).sum())
-    plan = None if result.plan is None else result.plan[_packed_entries(n_sizes, m_sizes, total)]
+    plan = result.plan
+    if plan is not None:
+        plan = plan.reshape(-1).index_select(0, _padded_positions(n_sizes, m_sizes, total, *plan.shape[1:]))
     return SinkhornResult(
         plan,
         result.log_u[ragged_slots(n_sizes, total=int(n_sizes.sum()))],
@@ -196,6 +198,77 @@ def pack_result(result: SinkhornResult, n_sizes: torch.Tensor, m_sizes: torch.Te
         result.err,
         result.domain,
     )
+
+
+def size_classes(n_sizes: torch.Tensor, m_sizes: torch.Tensor) -> list[torch.Tensor]:
+    """The problems of a packed batch in groups, each to be padded to its own largest problem.
+
+    By ``ceil(log2(max(n_k, m_k)))``, smallest first, so that no side is padded beyond twice the
+    problem's larger side, when that at least halves the padded entries of the whole batch; else
+    one group (each group is a solver call, whose fixed cost a few saved entries do not repay:
+    on sides drawn evenly from 5..200, the classes would save a third of the entries and cost a
+    third more time in the torch backend on the CPU)."""
+    side = torch.maximum(n_sizes, m_sizes).clamp(min=1)
+    key = torch.frexp((side - 1).double()).exponent  # ceil(log2(side)) for side >= 1, exactly
+    groups = [torch.nonzero(key == c).flatten() for c in torch.unique(key)]
+
+    def padded(g: torch.Tensor) -> int:
+        return len(g) * int(n_sizes[g].max()) * int(m_sizes[g].max()) if len(g) else 0
+
+    everything = torch.arange(len(n_sizes), device=n_sizes.device)
+    return groups if 2 * sum(padded(g) for g in groups) <= padded(everything) else [everything]
+
+
+def solve_packed(
+    solve: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], SinkhornResult], a: torch.Tensor, b: torch.Tensor,
+    M: torch.Tensor, n_sizes: torch.Tensor, m_sizes: torch.Tensor,
+) -> SinkhornResult:  # fmt: skip
+    """A packed batch through a padded solver, one call per :func:`size_classes` group (each padded to
+    its own largest problem, not the batch's), the results packed back in the batch's order. The
+    solver's results do not depend on the other problems of its batch (padding invariance), so
+    the groups change no value; ``solve`` must fix the domain (the batch rule is the caller's)."""
+    groups = size_classes(n_sizes, m_sizes)
+    if len(groups) == 1:  # no gathering: the batch padded as it is
+        return pack_result(solve(*pad_packed(a, b, M, n_sizes, m_sizes)), n_sizes, m_sizes)
+    B = len(n_sizes)
+    a_start = torch.cumsum(n_sizes, 0) - n_sizes
+    b_start = torch.cumsum(m_sizes, 0) - m_sizes
+    m_start = torch.cumsum(n_sizes * m_sizes, 0) - n_sizes * m_sizes
+    plan = torch.zeros_like(M)
+    log_u, log_v = torch.empty_like(a), torch.empty_like(b)
+    n_iter = torch.zeros(B, dtype=torch.int64, device=M.device)
+    err = torch.zeros(B, dtype=M.dtype, device=M.device)
+    domain = None
+    for group in groups:
+        n_k, m_k = n_sizes[group], m_sizes[group]
+        rows, cols = _segments(a_start[group], n_k), _segments(b_start[group], m_k)
+        entries = _segments(m_start[group], n_k * m_k)
+        res = pack_result(solve(*pad_packed(a[rows], b[cols], M[entries], n_k, m_k)), n_k, m_k)
+        plan[entries], log_u[rows], log_v[cols] = res.plan, res.log_u, res.log_v
+        n_iter[group], err[group], domain = res.n_iter, res.err, res.domain
+    return SinkhornResult(plan, log_u, log_v, n_iter, err, domain or "scaling")
+
+
+def packed_real_costs(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, n_sizes: torch.Tensor,
+                      m_sizes: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Which entries of a packed ``M`` are real (their row's and column's weights positive)."""
+    k, i, j = _packed_entries(n_sizes, m_sizes, len(M))
+    a_start = torch.cumsum(n_sizes, 0) - n_sizes
+    b_start = torch.cumsum(m_sizes, 0) - m_sizes
+    return (a[a_start[k] + i] > 0) & (b[b_start[k] + j] > 0)
+
+
+def _padded_positions(n_sizes: torch.Tensor, m_sizes: torch.Tensor, total: int, N: int, Mx: int) -> torch.Tensor:
+    """Where every entry of a packed ``M`` lies in the flat padded ``[B, N, Mx]`` batch (one flat
+    index: far cheaper to scatter and gather on the CPU than three)."""
+    k, i, j = _packed_entries(n_sizes, m_sizes, total)
+    return (k * N + i) * Mx + j
+
+
+def _segments(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The flat positions ``starts[g] + t``, ``t < lengths[g]``, group after group."""
+    g, t = ragged_slots(lengths)
+    return starts[g] + t
 
 
 def _packed_entries(n_sizes: torch.Tensor, m_sizes: torch.Tensor, total: int) -> tuple[torch.Tensor, ...]:
