@@ -14,7 +14,8 @@ at its own size, so the ratio is per problem as a user of either would see it.
 Before timing, our plans and ``n_iter`` are compared with POT's loop on the problems POT is timed
 on (``max_plan_diff_vs_pot``, ``n_iter_equal_pot``). POT's own batched solver
 (``ot.batch.solve_batch``, method ``"sinkhorn"``, on the padded batch) is timed too where the
-installed POT has it; its stopping rule is not ``ot.sinkhorn``'s, so it is a timing only.
+installed POT has it; its stopping rule is not ``ot.sinkhorn``'s, so it is a timing only. The
+torch backend is timed on the CPU too (one thread), as a ratio of times to the C++ backend's.
 
     python benchmarks/bench_sinkhorn.py [--batches 1 64 1024] [--sizes 16 64 128] [--regs 0.3 0.05]
                                         [--ragged 1024]
@@ -70,6 +71,13 @@ def measure(P, Q, reg: float, layout: str, args, ot) -> dict:
     row["ours_cpu_problems_per_s"] = batch / t
     t1 = median_seconds(lambda: sinkhorn(a, b, M, num_threads=1, **kw), repeats=args.repeats)
     row["ours_cpu_1thread_problems_per_s"] = batch / t1
+    # The torch backend on the CPU, one thread (torch's own setting), against the C++ one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tt = median_seconds(lambda: sinkhorn(a, b, M, backend="torch", **kw), repeats=args.repeats)
+    torch.set_num_threads(threads)
+    row["torch_cpu_1thread_problems_per_s"] = batch / tt
+    row["torch_vs_cpp_1thread_time"] = tt / t1
     k = min(batch, args.pot_problems)
     # Each problem at its own size, as a POT user would pass it.
     real = [tuple(x.numpy() for x in diagram_costs([P[j]], [Q[j]], packed=True)[:3]) for j in range(k)]
@@ -181,6 +189,7 @@ def main() -> None:
         "ratio_1thread_vs_pot",
         "ratio_all_threads_vs_pot",
         "pot_batch_problems_per_s",
+        "torch_vs_cpp_1thread_time",
         "n_iter_equal_pot",
         "max_plan_diff_vs_pot",
     ]

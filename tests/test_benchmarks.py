@@ -104,6 +104,7 @@ def test_sinkhorn_benchmark_runs_with_a_ragged_batch(tmp_path):
     assert all(r["pot_problems_per_s"] > 0 and r["ours_cpu_1thread_problems_per_s"] > 0 for r in rows)
     # POT's iterates on the problems it is timed on, in either layout
     assert all(r["n_iter_equal_pot"] and r["max_plan_diff_vs_pot"] <= 1e-9 for r in rows)
+    assert all(r["torch_vs_cpp_1thread_time"] > 0 for r in rows)
 
 
 def test_head_precision_agreement_runs(tmp_path):
