@@ -365,6 +365,28 @@ std::vector<int64_t> largest_first(const SinkhornLayout& L, int64_t B) {
   return order;
 }
 
+
+// Problem k's input check (check_problem's clone for T).
+template <typename T>
+SinkhornInputStats check_one(const T* a, const T* b, const T* M, const SinkhornLayout& L, int64_t k) {
+  if constexpr (sizeof(T) == 4) {
+    return check_problem_f32(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
+  } else {
+    return check_problem_f64(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
+  }
+}
+
+// The batch's input check from its problems'.
+SinkhornInputStats merged(const std::vector<SinkhornInputStats>& per) {
+  SinkhornInputStats all;
+  for (const auto& st : per) {
+    all.finite &= st.finite;
+    all.a_ok &= st.a_ok;
+    all.b_ok &= st.b_ok;
+    all.worst = std::max(all.worst, st.worst);
+  }
+  return all;
+}
 }  // namespace
 
 TOPOOT_TARGET_CLONES_WIDE void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain,
@@ -402,7 +424,7 @@ SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const Sinkhorn
                               const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
                               int64_t* n_iter, T* err) {
   std::vector<SinkhornInputStats> stats(B);
-  std::vector<uint8_t> log_domain(B, 0), finite(B, 1), solved(B, 0);
+  std::vector<uint8_t> log_domain(B, 0), finite(B, 1);
   auto solve = [&](SinkhornScratch<T>& s, int64_t k, bool log) {
     SinkhornOptions o = opt;
     o.log_domain = log;
@@ -420,26 +442,16 @@ SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const Sinkhorn
   const std::vector<int64_t> order = largest_first(L, B);
   parallel_for<SinkhornScratch<T>>(B, num_threads, [&](SinkhornScratch<T>& s, int64_t rank) {
     const int64_t k = order[rank];
-    if constexpr (sizeof(T) == 4) {
-      stats[k] = check_problem_f32(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
-    } else {
-      stats[k] = check_problem_f64(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
-    }
+    stats[k] = check_one(a, b, M, L, k);
     poll();
     const SinkhornInputStats& st = stats[k];
     const double ratio = st.worst / reg;
     if (!st.finite || !st.a_ok || !st.b_ok || !(ratio < static_cast<double>(std::numeric_limits<T>::max()))) return;
     solve(s, k, opt.auto_domain ? ratio > opt.scaling_limit : opt.log_domain);
-    solved[k] = 1;
     poll();  // throws here, outside the clones, if the call was cancelled
   });
   SinkhornReport report;
-  for (const auto& st : stats) {
-    report.inputs.finite &= st.finite;
-    report.inputs.a_ok &= st.a_ok;
-    report.inputs.b_ok &= st.b_ok;
-    report.inputs.worst = std::max(report.inputs.worst, st.worst);
-  }
+  report.inputs = merged(stats);
   report.overflow = !(report.inputs.worst / reg < static_cast<double>(std::numeric_limits<T>::max()));
   if (!report.inputs.finite || !report.inputs.a_ok || !report.inputs.b_ok || report.overflow) return report;
   report.log_domain = std::any_of(log_domain.begin(), log_domain.end(), [](uint8_t x) { return x != 0; });
@@ -465,22 +477,10 @@ SinkhornInputStats sinkhorn_check_batch(const T* a, const T* b, const T* M, cons
   std::vector<SinkhornInputStats> per(B);
   const std::vector<int64_t> order = largest_first(L, B);
   parallel_for<int>(B, num_threads, [&](int&, int64_t rank) {
-    const int64_t k = order[rank];
-    if constexpr (sizeof(T) == 4) {
-      per[k] = check_problem_f32(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
-    } else {
-      per[k] = check_problem_f64(a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k]);
-    }
+    per[order[rank]] = check_one(a, b, M, L, order[rank]);
     poll();
   });
-  SinkhornInputStats all;
-  for (const auto& st : per) {
-    all.finite &= st.finite;
-    all.a_ok &= st.a_ok;
-    all.b_ok &= st.b_ok;
-    all.worst = std::max(all.worst, st.worst);
-  }
-  return all;
+  return merged(per);
 }
 
 #define TOPOOT_SINKHORN_INSTANCES(T)                                                                            \
