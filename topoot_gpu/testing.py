@@ -125,6 +125,16 @@ def subnormal_maps(rng: np.random.Generator, batch: int, height: int, width: int
     return np.where(rng.random(shape) < 0.1, -0.0, out)
 
 
+def spread_tie_maps(rng: np.random.Generator, batch: int, height: int, width: int, *, levels: int = 3) -> np.ndarray:
+    """Ties only between pixels that are not neighbours: a pixel's value is its class in a 3x3
+    colouring (``(i % 3, j % 3)`` permuted; the nine pixels of any 3x3 window differ) plus 9 times
+    a random level in ``0 .. levels - 1``. Without adjacent ties the C++ core sorts the saddles once
+    for both passes, and saddles of equal value must still come in each pass's own order."""
+    i, j = np.indices((height, width))
+    colour = rng.permutation(9)[(i % 3) * 3 + j % 3]
+    return (colour + 9 * rng.integers(0, levels, (batch, height, width))).astype(np.float64)
+
+
 #: Every kind of map the persistence parity tests run on, by name: ``f(rng, batch, height, width)``.
 persistence_map_kinds = {
     "noise": noise_maps,
@@ -133,6 +143,7 @@ persistence_map_kinds = {
     "ties": tied_maps,
     "binary": lambda rng, b, h, w: tied_maps(rng, b, h, w, levels=2),
     "quantised1000": quantised_maps,
+    "spread_ties": spread_tie_maps,
     "subnormal": subnormal_maps,
 }
 
