@@ -135,6 +135,14 @@ def spread_tie_maps(rng: np.random.Generator, batch: int, height: int, width: in
     return (colour + 9 * rng.integers(0, levels, (batch, height, width))).astype(np.float64)
 
 
+def close_value_maps(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+    """Noise on 0.5 at scales 1e-12 .. 3e-8: float64 values that agree in their sign, exponent and
+    top 20 mantissa bits in long runs (1e-12) or short ones (3e-8), which the C++ core's saddle
+    sort orders by their top 32 key bits first and the rest after."""
+    scale = 10.0 ** rng.uniform(-12, np.log10(3e-8), (batch, 1, 1))
+    return 0.5 + scale * rng.random((batch, height, width))
+
+
 #: Every kind of map the persistence parity tests run on, by name: ``f(rng, batch, height, width)``.
 persistence_map_kinds = {
     "noise": noise_maps,
@@ -144,6 +152,7 @@ persistence_map_kinds = {
     "binary": lambda rng, b, h, w: tied_maps(rng, b, h, w, levels=2),
     "quantised1000": quantised_maps,
     "spread_ties": spread_tie_maps,
+    "close_values": close_value_maps,
     "subnormal": subnormal_maps,
 }
 

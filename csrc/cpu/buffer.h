@@ -54,6 +54,7 @@ class Buffer {
     size_ = n;
   }
   size_t size() const { return size_; }
+  size_t capacity() const { return capacity_; }
   T* data() { return data_.get(); }
   const T* data() const { return data_.get(); }
   T& operator[](size_t i) { return data_[i]; }

@@ -92,9 +92,7 @@ py::tuple persistence_impl(const py::array_t<T, py::array::c_style>& maps, bool 
   bool finite = true;
   {
     py::gil_scoped_release release;
-    const T* x = maps.data();
-    finite = all_finite(x, B * H * W);
-    if (finite) topoot::batch_persistence<T>(x, B, H, W, opt, num_threads, pairs);
+    finite = topoot::batch_persistence<T>(maps.data(), B, H, W, opt, num_threads, pairs);
   }
   if (!finite) throw std::invalid_argument("maps: contains NaN or infinite values");
   return pack_pairs(pairs);

@@ -17,8 +17,12 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <limits>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "buffer.h"
 #include "parallel.h"
@@ -109,15 +113,15 @@ inline uint64_t sort_key(double x) {
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
-// Stable LSD radix sort of (key, index) pairs by key, 11-bit digits; digits on
-// which every key agrees are skipped. Stability keeps the incoming order of
-// ties.
-template <int KeyBits>
+// Stable LSD radix sort of (key, index) pairs by bits [LowBit, KeyBits) of the
+// key, 11-bit digits; digits on which every key agrees are skipped. Stability
+// keeps the incoming order of ties.
+template <int KeyBits, int LowBit = 0>
 void radix_sort(std::vector<uint64_t>& keys, std::vector<int32_t>& idx, std::vector<uint64_t>& ktmp,
                 std::vector<int32_t>& itmp, std::vector<uint32_t>& hist) {
   constexpr int kRadix = 11;
   constexpr int kBuckets = 1 << kRadix;
-  constexpr int kPasses = (KeyBits + kRadix - 1) / kRadix;
+  constexpr int kPasses = (KeyBits - LowBit + kRadix - 1) / kRadix;
   const size_t n = keys.size();
   if (n < 2) return;
   ktmp.resize(n);
@@ -125,7 +129,7 @@ void radix_sort(std::vector<uint64_t>& keys, std::vector<int32_t>& idx, std::vec
   hist.assign(static_cast<size_t>(kPasses) * kBuckets, 0);
   for (size_t i = 0; i < n; ++i) {
     const uint64_t k = keys[i];
-    for (int p = 0; p < kPasses; ++p) ++hist[p * kBuckets + ((k >> (p * kRadix)) & (kBuckets - 1))];
+    for (int p = 0; p < kPasses; ++p) ++hist[p * kBuckets + ((k >> (LowBit + p * kRadix)) & (kBuckets - 1))];
   }
   uint64_t* ks = keys.data();
   int32_t* is = idx.data();
@@ -134,7 +138,7 @@ void radix_sort(std::vector<uint64_t>& keys, std::vector<int32_t>& idx, std::vec
   for (int p = 0; p < kPasses; ++p) {
     poll();  // a pass over a large image's saddles takes a while
     uint32_t* h = &hist[p * kBuckets];
-    const int shift = p * kRadix;
+    const int shift = LowBit + p * kRadix;
     if (h[(ks[0] >> shift) & (kBuckets - 1)] == n) continue;
     uint32_t sum = 0;
     for (int b = 0; b < kBuckets; ++b) {
@@ -156,142 +160,360 @@ void radix_sort(std::vector<uint64_t>& keys, std::vector<int32_t>& idx, std::vec
   }
 }
 
-// Per-thread scratch, reused across images.
+// floor(n / d) for 0 <= n < 2**30 and 1 <= d < 2**30 by one multiplication (Granlund and
+// Montgomery, "Division by invariant integers using multiplication", 1994): with 2**l >= d,
+// m = ceil(2**(30 + l) / d) < 2**31 + 1 and the error n (m d - 2**(30 + l)) / (d 2**(30 + l)) < 1 / d.
+struct DivideBy {
+  uint64_t m = 1;
+  int shift = 0;
+  explicit DivideBy(uint32_t d) {
+    int l = 0;
+    while ((uint64_t{1} << l) < d) ++l;
+    shift = 30 + l;
+    m = ((uint64_t{1} << shift) + d - 1) / d;
+  }
+  uint32_t operator()(uint32_t n) const { return static_cast<uint32_t>((n * m) >> shift); }
+};
+
+// Per-thread scratch, reused across images. The masks and the parent forest are on the
+// (H+2) x (W+2) grid of the map with a one-pixel border; the map itself is not copied there.
 template <typename T>
 struct Workspace {
-  Buffer<T> padded;  // the map on an (H+2) x (W+2) grid
+  // Three rows of the bordered map, one guard entry each side; two rows of `rel`; one of flags.
+  Buffer<T> rows;
+  Buffer<uint8_t> rel_rows, flag_row;
+  // Lower neighbours of every pixel (a bit per ring entry) in the ascending
+  // and the descending order of the values.
+  Buffer<uint8_t> lower_up, lower_down;
+  // The parent forest. Between passes every entry is -1 ("not set"); a pass logs the entries it
+  // sets (while they are few) and resets them at its end, so that an image with few critical
+  // pixels never pays for filling a forest the size of the map.
   Buffer<int32_t> parent;
-  std::vector<int32_t> saddles, idx_tmp;
+  bool parent_clean = false;
+  Buffer<int32_t> touched;
+  // Saddle candidates of the first pass and, when both passes run, of the dual pass (each in
+  // increasing index); sort scratch.
+  std::vector<int32_t> saddles, dual_candidates, idx_tmp;
   // The saddles the dual pass must visit, in the primal order (see image_persistence); bit
   // kSameValue marks an entry whose value equals the previous entry's.
   std::vector<int32_t> dual_saddles;
-  int64_t last_root = -1;  // after a pass: the root of pixel (0, 0), as a flat index
-  // Lower neighbours of every pixel (a bit per ring entry) in the ascending
-  // and the descending order of the values, at padded indices.
-  Buffer<uint8_t> rel, lower_up, lower_down;
-  // Bit 0 (ascending) / bit 1 (descending): the lower neighbours form two or
-  // more runs around the ring, a necessary condition for a merge. Bit 2
-  // (kTieFlag): the pixel's value equals that of a later neighbour (E, SE, S,
-  // SW), so some flag has it iff two adjacent pixels tie. Zero on the padding.
-  Buffer<uint8_t> flags;
   std::vector<uint64_t> keys, keys_tmp;
   std::vector<uint32_t> hist;
+  std::vector<std::pair<uint64_t, int32_t>> run;
+  int64_t last_root = -1;  // after a pass: the root of pixel (0, 0), as a flat index
 };
 
-constexpr uint8_t kTieFlag = 4;
-constexpr int32_t kSameValue = int32_t{1} << 30;  // padded indices are below 2**30 (module.cpp)
+constexpr int32_t kSameValue = int32_t{1} << 30;  // bordered indices are below 2**30 (module.cpp)
+constexpr int64_t kDenseSaddles = 16;
+constexpr size_t kLongRun = 256;  // sort_saddles
 
-// A root's parent entry holds its code: INT32_MIN plus the top 31 bits of its sort key in the
+// A root's parent entry holds its code: INT32_MIN plus the top 30 bits of its sort key in the
 // pass's order, so the codes of two roots order them as their values do unless they are
 // equal (then the values and indices decide). Merges then compare two parent entries they
-// have already loaded instead of two values at random places. Codes are <= -2, never the
-// lazy "not set" -1 (the largest finite key's top bits are below 2**31 - 1).
+// have already loaded instead of two values at random places. Codes are below -2**30, apart
+// from the "not set" entries -1 .. -256 (kNotSet), and no finite value's code equals an
+// infinity's.
 template <typename T, bool Desc>
 inline int32_t root_code(T x) {
   constexpr int kBits = sizeof(T) * 8;
   uint64_t k = sort_key(x);
   if (Desc) k = ~k;
   if (kBits < 64) k &= (uint64_t{1} << kBits) - 1;
-  return std::numeric_limits<int32_t>::min() + static_cast<int32_t>(k >> (kBits - 31));
+  return std::numeric_limits<int32_t>::min() + static_cast<int32_t>(k >> (kBits - 30));
 }
 
-// Lists the saddle candidates of a pass (flag bit `flag_bit` and two or more local components
-// for connectivity `conn8`) in increasing index, eight flags at a time; returns whether a
-// pixel ties an adjacent one (flag bit kTieFlag).
+// A parent entry not set yet: -1 - m, where m is the pixel's lower-neighbour mask in dense
+// passes (union_find_pass) and 0 in sparse ones.
+constexpr int32_t kNotSetMax = -1, kNotSetMin = -256;
+inline bool not_set(int32_t px) { return px >= kNotSetMin && px <= kNotSetMax; }
+
+// The scan's row kernels, branch-free loops that vectorise; compiled as an AVX-512 clone, an
+// AVX2 clone and the baseline where the compiler can (comparisons and bit operations only, so
+// exact).
+//
+// Both orders' lower-neighbour masks come from one set of comparisons. Each neighbour pair is
+// compared once, from its earlier cell: rel[c] holds bits 0-3 = (v[n] < v[c]) and bits 4-7 =
+// (v[n] > v[c]) for n = E, SE, S, SW of cell c, the later neighbours. Then for pixel p, a later
+// neighbour n is lower in the ascending order iff v[n] < v[p] (a tie goes to the earlier
+// index), and an earlier neighbour q is lower iff not v[p] < v[q]; the descending order is the
+// same with > for <.
+
+// One row of the bordered map: the pad, the map's row `src` (if any, else pads), the pad, and a
+// guard entry each side; returns whether a value was NaN or infinite (exponent bits all ones:
+// an integer test, so the loop vectorises).
 template <typename T>
-bool list_saddles(Workspace<T>& ws, const uint8_t* lower_mask, uint8_t flag_bit, bool conn8, int64_t H,
-                  int64_t W) {
-  const int64_t Wp = W + 2;
-  const auto& table = kTables.count[conn8 ? 1 : 0];
-  const uint64_t flag_word = 0x0101010101010101ull * flag_bit;
-  const uint8_t* flags = ws.flags.data();
+TOPOOT_INLINE bool border_row_impl(const T* __restrict src, int64_t W, T pad, T* __restrict dst) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr Bits kExp = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
+  dst[-1] = dst[0] = dst[W + 1] = dst[W + 2] = pad;
+  if (src == nullptr) {
+    std::fill(dst + 1, dst + W + 1, pad);
+    return false;
+  }
+  Bits bad = 0;
+  for (int64_t j = 0; j < W; ++j) {
+    Bits u;
+    std::memcpy(&u, src + j, sizeof u);
+    bad |= static_cast<Bits>((u & kExp) == kExp);
+    dst[j + 1] = src[j];
+  }
+  return bad != 0;
+}
+
+// rel for the Wp cells of a bordered row `cur` (next: the row below).
+template <typename T>
+TOPOOT_INLINE void rel_row_impl(const T* __restrict cur, const T* __restrict next, int64_t Wp,
+                                uint8_t* __restrict rel) {
+  for (int64_t c = 0; c < Wp; ++c) {
+    const T x = cur[c], e = cur[c + 1], se = next[c + 1], s = next[c], sw = next[c - 1];
+    rel[c] = static_cast<uint8_t>((e < x) | (se < x) << 1 | (s < x) << 2 | (sw < x) << 3 | (e > x) << 4 |
+                                  (se > x) << 5 | (s > x) << 6 | (sw > x) << 7);
+  }
+}
+
+// The masks and flags of the W pixels of a row (bordered columns 1..W) from rel of the row
+// above and of the row. Ring bits: NW 0, N 1, NE 2, E 3, SE 4, S 5, SW 6, W 7. Flag bit 0
+// (ascending) / bit 1 (descending): the lower neighbours form two or more runs around the ring,
+// a necessary condition for a merge; bit 2 (kTieFlag): the pixel's value equals that of a later
+// neighbour (E, SE, S, SW), so some pixel has it iff two adjacent pixels tie.
+constexpr uint8_t kTieFlag = 4;
+TOPOOT_INLINE void mask_row_impl(const uint8_t* __restrict above, const uint8_t* __restrict rel, int64_t W,
+                                 uint8_t* __restrict up, uint8_t* __restrict down, uint8_t* __restrict flags) {
+  for (int64_t c = 1; c <= W; ++c) {
+    const unsigned r = rel[c], nw = ~above[c - 1], n = ~above[c], ne = ~above[c + 1], wst = ~rel[c - 1];
+    const unsigned u =
+        (nw >> 1 & 1) | (n >> 2 & 1) << 1 | (ne >> 3 & 1) << 2 | (r & 15) << 3 | (wst & 1) << 7;
+    const unsigned d = (nw >> 5 & 1) | (n >> 6 & 1) << 1 | (ne >> 7 & 1) << 2 | (r >> 4) << 3 | (wst >> 4 & 1) << 7;
+    up[c] = static_cast<uint8_t>(u);
+    down[c] = static_cast<uint8_t>(d);
+    // Runs start where a set bit follows a clear one around the ring.
+    const unsigned su = u & ~((u << 1 | u >> 7) & 0xFFu), sd = d & ~((d << 1 | d >> 7) & 0xFFu);
+    flags[c] = static_cast<uint8_t>(((su & (su - 1)) != 0) | ((sd & (sd - 1)) != 0) << 1 |
+                                    (((r | r >> 4) & 15) != 15) << 2);
+  }
+}
+
+TOPOOT_TARGET_CLONES_EXACT bool border_row_f32(const float* src, int64_t W, float pad, float* dst) {
+  return border_row_impl(src, W, pad, dst);
+}
+TOPOOT_TARGET_CLONES_EXACT bool border_row_f64(const double* src, int64_t W, double pad, double* dst) {
+  return border_row_impl(src, W, pad, dst);
+}
+TOPOOT_TARGET_CLONES_EXACT void rel_row_f32(const float* cur, const float* next, int64_t Wp, uint8_t* rel) {
+  rel_row_impl(cur, next, Wp, rel);
+}
+TOPOOT_TARGET_CLONES_EXACT void rel_row_f64(const double* cur, const double* next, int64_t Wp, uint8_t* rel) {
+  rel_row_impl(cur, next, Wp, rel);
+}
+TOPOOT_TARGET_CLONES_EXACT void mask_row(const uint8_t* above, const uint8_t* rel, int64_t W, uint8_t* up,
+                                         uint8_t* down, uint8_t* flags) {
+  mask_row_impl(above, rel, W, up, down, flags);
+}
+inline bool border_row(const float* src, int64_t W, float pad, float* dst) { return border_row_f32(src, W, pad, dst); }
+inline bool border_row(const double* src, int64_t W, double pad, double* dst) {
+  return border_row_f64(src, W, pad, dst);
+}
+inline void rel_row(const float* cur, const float* next, int64_t Wp, uint8_t* rel) { rel_row_f32(cur, next, Wp, rel); }
+inline void rel_row(const double* cur, const double* next, int64_t Wp, uint8_t* rel) {
+  rel_row_f64(cur, next, Wp, rel);
+}
+
+// Which saddle candidates a scan lists: pixels with flag bit `flag` whose lower neighbours in
+// `mask` form two or more components for the connectivity (LocalTables::count).
+struct SaddleTest {
+  uint8_t flag = 0;
+  const uint8_t* mask = nullptr;
+  const std::array<uint8_t, 256>* count = nullptr;
+  std::vector<int32_t>* out = nullptr;
+};
+
+// One pass over the map, row by row in cache: masks of both orders, the saddle candidates of
+// up to two passes (`second.out` may be null), whether two adjacent pixels tie. Returns false
+// when the map holds a NaN or an infinity (then nothing else is meaningful).
+template <typename T>
+bool scan(const T* a, int64_t H, int64_t W, T pad, Workspace<T>& ws, const SaddleTest& first,
+          const SaddleTest& second, bool& ties) {
+  const int64_t Wp = W + 2, Np = (H + 2) * Wp, stride = Wp + 2;
+  ws.rows.resize(3 * stride);
+  ws.rel_rows.resize(2 * Wp);
+  ws.flag_row.resize(Wp + 8);
+  ws.lower_up.resize(Np);
+  ws.lower_down.resize(Np);
+  T* row[3] = {ws.rows.data() + 1, ws.rows.data() + 1 + stride, ws.rows.data() + 1 + 2 * stride};
+  uint8_t* rel[2] = {ws.rel_rows.data(), ws.rel_rows.data() + Wp};
+  uint8_t* flags = ws.flag_row.data();
+  std::memset(flags, 0, Wp + 8);
+  first.out->clear();
+  if (second.out) second.out->clear();
+  bool bad = border_row(static_cast<const T*>(nullptr), W, pad, row[0]);
+  bad |= border_row(a, W, pad, row[1]);
+  rel_row(row[0], row[1], Wp, rel[0]);
   uint64_t seen = 0;
-  ws.saddles.clear();
-  const int32_t end = static_cast<int32_t>((H + 1) * Wp);
-  int32_t p = static_cast<int32_t>(Wp);
-  for (; p + 8 <= end; p += 8) {
-    uint64_t word;
-    std::memcpy(&word, flags + p, sizeof word);
-    seen |= word;
-    if (!(word & flag_word)) continue;
-    for (int32_t q = p; q < p + 8; ++q) {
-      if ((flags[q] & flag_bit) && table[lower_mask[q]] >= 2) ws.saddles.push_back(q);
+  for (int64_t i = 1; i <= H; ++i) {
+    if ((i & 63) == 0) poll();
+    T* cur = row[i % 3];
+    T* next = row[(i + 1) % 3];
+    bad |= border_row(i < H ? a + i * W : nullptr, W, pad, next);
+    rel_row(cur, next, Wp, rel[i & 1]);
+    uint8_t* up = ws.lower_up.data() + i * Wp;
+    uint8_t* down = ws.lower_down.data() + i * Wp;
+    mask_row(rel[(i - 1) & 1], rel[i & 1], W, up, down, flags);
+    // The row's candidates, eight flags at a time (flags[W + 1 ..] stay zero).
+    const uint64_t want = 0x0101010101010101ull * (first.flag | second.flag);
+    const int32_t base = static_cast<int32_t>(i * Wp);
+    for (int64_t c = 1; c <= W; c += 8) {
+      uint64_t word;
+      std::memcpy(&word, flags + c, sizeof word);
+      seen |= word;
+      if (!(word & want)) continue;
+      for (int64_t q = c; q < c + 8 && q <= W; ++q) {
+        if ((flags[q] & first.flag) && (*first.count)[first.mask[base + q]] >= 2) first.out->push_back(base + q);
+        if (second.out && (flags[q] & second.flag) && (*second.count)[second.mask[base + q]] >= 2) {
+          second.out->push_back(base + q);
+        }
+      }
     }
   }
-  for (; p < end; ++p) {
-    seen |= flags[p];
-    if ((flags[p] & flag_bit) && table[lower_mask[p]] >= 2) ws.saddles.push_back(p);
-  }
-  return (seen & 0x0101010101010101ull * kTieFlag) != 0;
+  ties = (seen & 0x0101010101010101ull * kTieFlag) != 0;
+  return !bad;
 }
 
-// Sorts ws.saddles (listed in increasing index) into the order of a pass: value (negated for
+// Sorts `saddles` (listed in increasing index) into the order of a pass: value (negated for
 // Desc), then index; the radix sort is stable, so ties stay in index order. The sorted keys
 // stay in ws.keys.
 template <typename T, bool Desc>
-void sort_saddles(Workspace<T>& ws) {
-  const T* v = ws.padded.data();
-  const size_t n = ws.saddles.size();
+void sort_saddles(Workspace<T>& ws, std::vector<int32_t>& saddles, const T* a, int64_t W) {
+  const DivideBy row_of(static_cast<uint32_t>(W + 2));
+  const size_t n = saddles.size();
   ws.keys.resize(n);
   for (size_t s = 0; s < n; ++s) {
-    const uint64_t k = sort_key(v[ws.saddles[s]]);
+    const int32_t P = saddles[s];
+    const uint64_t k = sort_key(a[P - 2 * static_cast<int32_t>(row_of(P)) - W - 1]);
     ws.keys[s] = Desc ? ~k : k;
   }
-  radix_sort<sizeof(T) * 8>(ws.keys, ws.saddles, ws.keys_tmp, ws.idx_tmp, ws.hist);
+  if constexpr (sizeof(T) == 4) {
+    radix_sort<32>(ws.keys, saddles, ws.keys_tmp, ws.idx_tmp, ws.hist);
+  } else {
+    // Three digit passes over the top 32 bits instead of six over all 64; then the rare runs of
+    // equal top bits whose low bits differ are put in order by (key, index), which is the stable
+    // order since the run is in increasing index. Should a long such run turn up (values that
+    // differ only in their last mantissa bits), all 64 bits are sorted instead: equal keys are
+    // still in increasing index, so the LSD sort's stability keeps that.
+    radix_sort<64, 32>(ws.keys, saddles, ws.keys_tmp, ws.idx_tmp, ws.hist);
+    uint64_t* key = ws.keys.data();
+    int32_t* idx = saddles.data();
+    for (size_t i = 0; i < n;) {
+      size_t j = i + 1;
+      bool mixed = false;
+      for (; j < n && key[j] >> 32 == key[i] >> 32; ++j) mixed |= key[j] != key[i];
+      if (mixed && j - i > kLongRun) {
+        radix_sort<32>(ws.keys, saddles, ws.keys_tmp, ws.idx_tmp, ws.hist);  // the low 32 bits
+        radix_sort<64, 32>(ws.keys, saddles, ws.keys_tmp, ws.idx_tmp, ws.hist);
+        break;
+      }
+      if (mixed) {
+        ws.run.clear();
+        for (size_t r = i; r < j; ++r) ws.run.emplace_back(key[r], idx[r]);
+        std::sort(ws.run.begin(), ws.run.end());
+        for (size_t r = i; r < j; ++r) std::tie(key[r], idx[r]) = ws.run[r - i];
+      }
+      i = j;
+    }
+  }
 }
 
-// One union-find pass on the padded map `v` (row stride Wp), visiting the saddles
+// One union-find pass over the bordered grid (row stride Wp), visiting the saddles
 // `saddle[0..n)` (already in the pass's order). `Desc` orders pixels by increasing
-// (-value, index) instead of (value, index). `Outside`: the padding is the outside node,
-// older than every pixel, and every padding cell's parent is cell 0; otherwise the padding is
-// never lower than a pixel. The caller picks the padding value that makes both true.
+// (-value, index) instead of (value, index). `Outside`: the border is the outside node, older
+// than every pixel, and every border cell's parent is cell 0, valued `pad`; otherwise the
+// border is never lower than a pixel. The caller picks the pad that makes both true.
 // Emits H0 pairs (birth = young root, death = saddle) or, with `Outside`, the dual H1 pairs
 // (birth = saddle, death = young root), zero-length ones dropped; their values are read from
 // the map `a` at the end, in one pass of independent loads.
 // `record`: when set (the primal pass of both dimensions), the saddles at which some local
 // component did not merge (the pass made a cycle there) or whose value ties another saddle's
-// (sorted keys `keys`) are appended to ws.dual_saddles, in this pass's order.
+// (sorted keys `record`) are appended to ws.dual_saddles, in this pass's order.
+// `Dense` (maps with many saddles, such as raw noise): every pixel's parent entry starts as
+// -1 - its lower mask, written in one sequential pass, so that a find reads one array instead
+// of two and a saddle's neighbourhood is a third of the cache lines; the forest is left dirty.
+// Otherwise (`!Dense`) the entries start as -1 and the masks are read from their own array:
+// the forest is kept all -1 between passes (ws.parent_clean), each pass logging what it sets
+// and resetting it, so that a map with few saddles never fills a forest the size of the map.
 // How many saddles ahead union_find_pass prefetches.
 constexpr size_t kPrefetch = 8;
 
-template <typename T, bool Desc, bool Conn8, bool Outside>
-void union_find_pass(Workspace<T>& ws, const T* a, const uint8_t* lower_mask, const int32_t* saddle, size_t n,
-                     const uint64_t* record, int64_t H, int64_t W, int64_t dim, ImagePairs& out) {
+template <typename T, bool Desc, bool Conn8, bool Outside, bool Dense>
+void union_find_pass(Workspace<T>& ws, const T* a, T pad, const uint8_t* lower_mask, const int32_t* saddle,
+                     size_t n, const uint64_t* record, int64_t H, int64_t W, int64_t dim, ImagePairs& out) {
   const int64_t Wp = W + 2, Np = (H + 2) * Wp;
-  const T* v = ws.padded.data();
-  // Strict total order of the pass: value (negated for Desc), then index.
-  auto lower = [v](int32_t q, int32_t p) {
-    return Desc ? (v[q] > v[p] || (v[q] == v[p] && q < p)) : (v[q] < v[p] || (v[q] == v[p] && q < p));
+  const int32_t w = static_cast<int32_t>(Wp), Wi = static_cast<int32_t>(W);
+  const DivideBy row_of(static_cast<uint32_t>(Wp));
+  // Flat index in the map of pixel P of the grid: P = (i + 1) Wp + j + 1 for pixel (i, j).
+  auto original = [&](int32_t P) TOPOOT_ALWAYS_INLINE { return P - 2 * static_cast<int32_t>(row_of(P)) - Wi - 1; };
+  auto value = [&](int32_t P) TOPOOT_ALWAYS_INLINE { return a[original(P)]; };  // pixels only
+  // Strict total order of the pass on pixels: value (negated for Desc), then index.
+  auto lower = [&](int32_t q, int32_t p) {
+    const T vq = value(q), vp = value(p);
+    return Desc ? (vq > vp || (vq == vp && q < p)) : (vq < vp || (vq == vp && q < p));
   };
-  const int32_t w = static_cast<int32_t>(Wp);
   const int32_t off[kRing] = {-w - 1, -w, -w + 1, 1, w + 1, w, w - 1, -1};
 
+  const size_t capacity = ws.parent.capacity();
   ws.parent.resize(Np);
+  if (ws.parent.capacity() != capacity) ws.parent_clean = false;  // a fresh block
   int32_t* parent = ws.parent.data();
-  if (Outside) {
-    for (int64_t P = 0; P < Wp; ++P) parent[P] = parent[Np - 1 - P] = 0;
-    for (int64_t i = 1; i <= H; ++i) parent[i * Wp] = parent[i * Wp + W + 1] = 0;
-    parent[0] = root_code<T, Desc>(v[0]);
+  if (Dense) {
+    for (int64_t i = 1; i <= H; ++i) {
+      int32_t* row = parent + i * Wp;
+      const uint8_t* masks = lower_mask + i * Wp;
+      for (int64_t c = 1; c <= W; ++c) row[c] = -1 - static_cast<int32_t>(masks[c]);
+    }
+  } else if (!ws.parent_clean) {
+    // The whole block: "clean" speaks for all of it, whatever the size of the next map.
+    std::fill(parent, parent + ws.parent.capacity(), -1);
   }
-  // Parents are set lazily (-1 = not yet), only on the chains that finds
-  // walk, by one table lookup (LocalTables::first); measured faster than the
-  // steepest lower neighbour, whose search is branchy. A minimum gets its root code.
-  for (int64_t i = 1; i <= H; ++i) std::fill(parent + i * Wp + 1, parent + i * Wp + 1 + W, -1);
+  ws.parent_clean = false;  // until the end of a sparse pass (an interrupted one leaves it dirty)
+  const size_t log_cap = Dense ? 0 : static_cast<size_t>(Np / 8);
+  ws.touched.resize(log_cap);
+  int32_t* touched = ws.touched.data();
+  size_t n_touched = 0;
+  auto touch = [&](int32_t x) TOPOOT_ALWAYS_INLINE {
+    if (n_touched < log_cap) touched[n_touched] = x;
+    ++n_touched;  // past log_cap: the whole forest is reset at the end
+  };
+  auto for_each_border_cell = [&](auto&& f) {
+    for (int64_t P = 0; P < Wp; ++P) {
+      f(P);
+      f(Np - 1 - P);
+    }
+    for (int64_t i = 1; i <= H; ++i) {
+      f(i * Wp);
+      f(i * Wp + W + 1);
+    }
+  };
+  if (Outside) {
+    for_each_border_cell([&](int64_t P) { parent[P] = 0; });
+    parent[0] = root_code<T, Desc>(pad);
+  }
+  // Parents are set lazily, only on the chains that finds walk, by one table lookup
+  // (LocalTables::first); measured faster than the steepest lower neighbour, whose search is
+  // branchy. A minimum gets its root code.
   int32_t step[256];  // offset from p to its parent, 0 for a minimum
   for (int m = 0; m < 256; ++m) {
     const int f = kTables.first[Conn8 ? 1 : 0][m];
     step[m] = f == kRing ? 0 : off[f];
   }
-  auto parent_of = [&](int32_t x) {
+  auto parent_of = [&](int32_t x) TOPOOT_ALWAYS_INLINE {
     int32_t px = parent[x];
-    if (px == -1) {
-      const int32_t s = step[lower_mask[x]];
-      parent[x] = px = s ? x + s : root_code<T, Desc>(v[x]);
+    if (not_set(px)) {
+      const int32_t s = step[Dense ? -1 - px : lower_mask[x]];
+      parent[x] = px = s ? x + s : root_code<T, Desc>(value(x));
+      if (!Dense) touch(x);
     }
     return px;
   };
   // The root of x (path halving) and, in `code`, its root code.
-  auto find = [&](int32_t x, int32_t& code) {
+  auto find = [&](int32_t x, int32_t& code) TOPOOT_ALWAYS_INLINE {
     int32_t px = parent_of(x);
     while (px >= 0) {
       const int32_t ppx = parent_of(px);
@@ -307,27 +529,28 @@ void union_find_pass(Workspace<T>& ws, const T* a, const uint8_t* lower_mask, co
     return x;
   };
 
-  const int64_t Wo = W;
-  auto original = [Wp, Wo](int32_t P) { return static_cast<int64_t>(P / Wp - 1) * Wo + (P % Wp - 1); };
   const auto& reps = kTables.reps[Conn8 ? 1 : 0];
   const size_t first_pair = out.dim.size();
   for (size_t k = 0; k < n; ++k) {
     const int32_t p = saddle[k];
     if (((k + 1) & 0xFFFF) == 0) poll();
     // Saddles come in value order, so at random places: fetch a later saddle's neighbourhood (its
-    // first find's parent entries, lower mask and values) while this one is merged.
+    // first find's parent entries, lower mask and value) while this one is merged.
     if (k + kPrefetch < n) {
       const int32_t q = saddle[k + kPrefetch];
       __builtin_prefetch(parent + q - w);
+      __builtin_prefetch(parent + q);
       __builtin_prefetch(parent + q + w);
-      __builtin_prefetch(lower_mask + q);
-      __builtin_prefetch(v + q - w);
-      __builtin_prefetch(v + q);
-      __builtin_prefetch(v + q + w);
+      if (!Dense) __builtin_prefetch(lower_mask + q);
+      const T* vq = a + original(q);
+      __builtin_prefetch(vq - W);
+      __builtin_prefetch(vq);
+      __builtin_prefetch(vq + W);
     }
-    const int32_t code_p = root_code<T, Desc>(v[p]);
-    // One root lookup per local component of p's lower neighbours.
-    unsigned m = reps[lower_mask[p]];
+    const int32_t code_p = root_code<T, Desc>(value(p));
+    // One root lookup per local component of p's lower neighbours. (In a dense pass p's own
+    // entry is still not set: no find walks through a pixel that comes later in the order.)
+    unsigned m = reps[Dense ? -1 - parent[p] : lower_mask[p]];
     int32_t code_cur;
     int32_t cur = find(p + off[__builtin_ctz(m)], code_cur);
     bool cycle = false;
@@ -338,6 +561,7 @@ void union_find_pass(Workspace<T>& ws, const T* a, const uint8_t* lower_mask, co
         cycle = true;
         continue;
       }
+      // Equal codes belong to two pixels (never the outside), so `lower` may read their values.
       int32_t young = cur, elder = rq, code_young = code_cur, code_elder = code_rq;
       if (code_cur != code_rq ? code_cur < code_rq : lower(cur, rq)) {
         std::swap(young, elder);
@@ -346,13 +570,14 @@ void union_find_pass(Workspace<T>& ws, const T* a, const uint8_t* lower_mask, co
       parent[young] = elder;
       cur = elder;
       code_cur = code_elder;
-      if (code_young == code_p && v[young] == v[p]) continue;  // zero-length pair
+      if (code_young == code_p && value(young) == value(p)) continue;  // zero-length pair
       const int64_t py = original(young), pp = original(p);
       out.dim.push_back(dim);
       out.birth_pixel.push_back(Outside ? pp : py);
       out.death_pixel.push_back(Outside ? py : pp);
     }
     parent[p] = cur;
+    if (!Dense) touch(p);
     if (record) {
       const bool same_prev = k > 0 && record[k] == record[k - 1];
       const bool same_next = k + 1 < n && record[k] == record[k + 1];
@@ -361,6 +586,16 @@ void union_find_pass(Workspace<T>& ws, const T* a, const uint8_t* lower_mask, co
   }
   int32_t code;
   ws.last_root = original(find(static_cast<int32_t>(Wp + 1), code));
+  // A sparse pass leaves the forest all -1 for the next pass.
+  if (!Dense) {
+    if (n_touched <= log_cap) {
+      for (size_t i = 0; i < n_touched; ++i) parent[touched[i]] = -1;
+      if (Outside) for_each_border_cell([&](int64_t P) { parent[P] = -1; });
+    } else {
+      std::fill(parent, parent + Np, -1);
+    }
+    ws.parent_clean = true;
+  }
   // The pairs' values, gathered from the map by pixel: independent loads, unlike the merges'.
   const size_t total = out.dim.size();
   out.birth.resize(total);
@@ -372,73 +607,19 @@ void union_find_pass(Workspace<T>& ws, const T* a, const uint8_t* lower_mask, co
 }
 
 template <typename T, bool Desc, bool Outside>
-void dispatch_pass(bool conn8, Workspace<T>& ws, const T* a, const int32_t* saddle, size_t n,
+void dispatch_pass(bool conn8, bool dense, Workspace<T>& ws, const T* a, T pad, const std::vector<int32_t>& saddles,
                    const uint64_t* record, int64_t H, int64_t W, int64_t dim, ImagePairs& out) {
   const uint8_t* lower_mask = Desc ? ws.lower_down.data() : ws.lower_up.data();
+  auto run = [&](auto conn8_t, auto dense_t) {
+    union_find_pass<T, Desc, decltype(conn8_t)::value, Outside, decltype(dense_t)::value>(
+        ws, a, pad, lower_mask, saddles.data(), saddles.size(), record, H, W, dim, out);
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
   if (conn8) {
-    union_find_pass<T, Desc, true, Outside>(ws, a, lower_mask, saddle, n, record, H, W, dim, out);
+    dense ? run(Yes{}, Yes{}) : run(Yes{}, No{});
   } else {
-    union_find_pass<T, Desc, false, Outside>(ws, a, lower_mask, saddle, n, record, H, W, dim, out);
-  }
-}
-
-// Both orders' lower-neighbour masks from one set of comparisons. Each
-// neighbour pair is compared once, from its earlier pixel: `rel[P]` holds
-// bits 0-3 = (v[n] < v[P]) and bits 4-7 = (v[n] > v[P]) for n = E, SE, S, SW
-// of P, the later neighbours. Then for pixel p, a later neighbour n is lower
-// in the ascending order iff v[n] < v[p] (a tie goes to the earlier index),
-// and an earlier neighbour q is lower iff not v[p] < v[q]; the descending
-// order is the same with > for <. The loops are branch-free (comparisons are
-// coin flips on smooth maps) and simple enough to vectorise.
-//
-// Compiled twice where the compiler can: an AVX2 clone and the baseline.
-template <typename T>
-TOPOOT_INLINE void lower_masks_impl(const T* __restrict v, int64_t H, int64_t W, uint8_t* __restrict rel,
-                             uint8_t* __restrict up, uint8_t* __restrict down, uint8_t* __restrict flags) {
-  const int64_t Wp = W + 2, Np = (H + 2) * Wp, w = Wp;
-  for (int64_t P = 0; P < Np - w - 1; ++P) {
-    const T c = v[P], e = v[P + 1], se = v[P + w + 1], s = v[P + w], sw = v[P + w - 1];
-    rel[P] = static_cast<uint8_t>((e < c) | (se < c) << 1 | (s < c) << 2 | (sw < c) << 3 | (e > c) << 4 |
-                                  (se > c) << 5 | (s > c) << 6 | (sw > c) << 7);
-  }
-  // Ring bits: NW 0, N 1, NE 2, E 3, SE 4, S 5, SW 6, W 7.
-  for (int64_t P = w + 1; P < Np - w - 1; ++P) {
-    const unsigned r = rel[P], nw = ~rel[P - w - 1], n = ~rel[P - w], ne = ~rel[P - w + 1], wst = ~rel[P - 1];
-    up[P] = static_cast<uint8_t>((nw >> 1 & 1) | (n >> 2 & 1) << 1 | (ne >> 3 & 1) << 2 | (r & 15) << 3 |
-                                 (wst & 1) << 7);
-    const unsigned d = (nw >> 5 & 1) | (n >> 6 & 1) << 1 | (ne >> 7 & 1) << 2 | (r >> 4) << 3 | (wst >> 4 & 1) << 7;
-    down[P] = static_cast<uint8_t>(d);
-    // Runs start where a set bit follows a clear one around the ring.
-    const unsigned u = up[P], su = u & ~((u << 1 | u >> 7) & 0xFFu), sd = d & ~((d << 1 | d >> 7) & 0xFFu);
-    flags[P] = static_cast<uint8_t>(((su & (su - 1)) != 0) | ((sd & (sd - 1)) != 0) << 1 |
-                                    (((r | r >> 4) & 15) != 15) << 2);
-  }
-  // Padding columns inside the range above are not pixels.
-  for (int64_t i = 1; i <= H; ++i) flags[i * Wp] = flags[i * Wp + W + 1] = 0;
-}
-
-TOPOOT_TARGET_CLONES_EXACT void lower_masks_f32(const float* v, int64_t H, int64_t W, uint8_t* rel, uint8_t* up,
-                                          uint8_t* down, uint8_t* flags) {
-  lower_masks_impl(v, H, W, rel, up, down, flags);
-}
-TOPOOT_TARGET_CLONES_EXACT void lower_masks_f64(const double* v, int64_t H, int64_t W, uint8_t* rel, uint8_t* up,
-                                          uint8_t* down, uint8_t* flags) {
-  lower_masks_impl(v, H, W, rel, up, down, flags);
-}
-
-template <typename T>
-void lower_masks(Workspace<T>& ws, int64_t H, int64_t W) {
-  const int64_t Np = (H + 2) * (W + 2);
-  ws.rel.resize(Np);
-  ws.lower_up.resize(Np);
-  ws.lower_down.resize(Np);
-  ws.flags.resize(Np);
-  if constexpr (sizeof(T) == 4) {
-    lower_masks_f32(ws.padded.data(), H, W, ws.rel.data(), ws.lower_up.data(), ws.lower_down.data(),
-                    ws.flags.data());
-  } else {
-    lower_masks_f64(ws.padded.data(), H, W, ws.rel.data(), ws.lower_up.data(), ws.lower_down.data(),
-                    ws.flags.data());
+    dense ? run(No{}, Yes{}) : run(No{}, No{});
   }
 }
 
@@ -457,62 +638,61 @@ void dual_order(Workspace<T>& ws) {
   }
 }
 
+// The pairs of one map; false (and no pairs) when it holds a NaN or an infinity.
 template <typename T>
-void image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOptions& opt, Workspace<T>& ws,
+bool image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOptions& opt, Workspace<T>& ws,
                        ImagePairs& out) {
   out.clear();
-  const int64_t Wp = W + 2;
   const bool sup = opt.superlevel;
-  // Padding value: never lower in the ordinary (H0) pass, always lower in the
-  // dual (H1) pass. Sublevel: H0 ascends, H1 descends, so +inf does both;
-  // superlevel: the reverse, so -inf.
+  // Border value: never lower in the ordinary (H0) pass, always lower in the dual (H1) pass.
+  // Sublevel: H0 ascends, H1 descends, so +inf does both; superlevel: the reverse, so -inf.
   const T pad = sup ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
-  ws.padded.resize((H + 2) * Wp);
-  T* v = ws.padded.data();
-  std::fill(v, v + Wp + 1, pad);
-  for (int64_t i = 0; i < H; ++i) {
-    std::copy(a + i * W, a + (i + 1) * W, v + (i + 1) * Wp + 1);
-    v[(i + 1) * Wp + W + 1] = v[(i + 2) * Wp] = pad;
-  }
-  std::fill(v + (H + 1) * Wp, v + (H + 2) * Wp, pad);
-
-  poll();
-  lower_masks(ws, H, W);
-  poll();
   // Primal pass (H0): ascending for sublevel, with the construction's connectivity (8 for T);
   // dual pass (H1): the opposite order and connectivity, with the outside node.
   const bool conn8_primal = opt.construction == Construction::T;
-  const uint8_t primal_flag = sup ? 2 : 1, dual_flag = sup ? 1 : 2;
-  const uint8_t* primal_mask = sup ? ws.lower_down.data() : ws.lower_up.data();
-  const uint8_t* dual_mask = sup ? ws.lower_up.data() : ws.lower_down.data();
-  auto dual_saddles = [&] {
-    list_saddles(ws, dual_mask, dual_flag, !conn8_primal, H, W);
-    if (sup) {
-      sort_saddles<T, false>(ws);
-    } else {
-      sort_saddles<T, true>(ws);
-    }
-  };
-  auto dual_pass = [&] {
+  const SaddleTest primal{static_cast<uint8_t>(sup ? 2 : 1), nullptr, &kTables.count[conn8_primal ? 1 : 0], nullptr};
+  const SaddleTest dual{static_cast<uint8_t>(sup ? 1 : 2), nullptr, &kTables.count[conn8_primal ? 0 : 1], nullptr};
+  SaddleTest first = opt.dim0 ? primal : dual, second;
+  first.out = &ws.saddles;
+  if (opt.dim0 && opt.dim1) {
+    second = dual;
+    second.out = &ws.dual_candidates;
+  }
+  // The masks are allocated by the scan; the tests read them through these pointers.
+  ws.lower_up.resize((H + 2) * (W + 2));
+  ws.lower_down.resize((H + 2) * (W + 2));
+  const uint8_t* up = ws.lower_up.data();
+  const uint8_t* down = ws.lower_down.data();
+  first.mask = (first.flag == 1) ? up : down;
+  second.mask = (second.flag == 1) ? up : down;
+  bool ties = false;
+  if (!scan(a, H, W, pad, ws, first, second, ties)) return false;
+  poll();
+  // Dense passes (union_find_pass) when the map has at least one saddle in kDenseSaddles pixels.
+  const bool dense = static_cast<int64_t>(ws.saddles.size()) * kDenseSaddles >= H * W;
+  auto dual_pass = [&](const std::vector<int32_t>& saddles) {
     poll();
     if (sup) {
-      dispatch_pass<T, false, true>(!conn8_primal, ws, a, ws.saddles.data(), ws.saddles.size(), nullptr, H, W, 1, out);
+      dispatch_pass<T, false, true>(!conn8_primal, dense, ws, a, pad, saddles, nullptr, H, W, 1, out);
     } else {
-      dispatch_pass<T, true, true>(!conn8_primal, ws, a, ws.saddles.data(), ws.saddles.size(), nullptr, H, W, 1, out);
+      dispatch_pass<T, true, true>(!conn8_primal, dense, ws, a, pad, saddles, nullptr, H, W, 1, out);
     }
   };
   if (!opt.dim0) {
     if (opt.dim1) {
-      dual_saddles();
-      dual_pass();
+      if (sup) {
+        sort_saddles<T, false>(ws, ws.saddles, a, W);
+      } else {
+        sort_saddles<T, true>(ws, ws.saddles, a, W);
+      }
+      dual_pass(ws.saddles);
     }
-    return;
+    return true;
   }
-  const bool ties = list_saddles(ws, primal_mask, primal_flag, conn8_primal, H, W);
   if (sup) {
-    sort_saddles<T, true>(ws);
+    sort_saddles<T, true>(ws, ws.saddles, a, W);
   } else {
-    sort_saddles<T, false>(ws);
+    sort_saddles<T, false>(ws, ws.saddles, a, W);
   }
   // One sorted list for both passes when no two adjacent pixels tie. Then every pixel's lower
   // neighbours in the dual order are the complement of those in the primal order, the two
@@ -522,47 +702,55 @@ void image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOption
   // primal pass therefore keeps as well. So the dual pass needs only the saddles the primal
   // pass records, in reverse order with ties in index order; a saddle it skips has all its
   // lower neighbours in one component and gets its lazy parent like a regular pixel. With
-  // adjacent ties the two orders' lower neighbours differ, and the dual pass lists its own.
+  // adjacent ties the two orders' lower neighbours differ, and the dual pass sorts its own.
   const bool share = opt.dim1 && !ties;
   ws.dual_saddles.clear();
   const uint64_t* record = share ? ws.keys.data() : nullptr;
   if (sup) {
-    dispatch_pass<T, true, false>(conn8_primal, ws, a, ws.saddles.data(), ws.saddles.size(), record, H, W, 0, out);
+    dispatch_pass<T, true, false>(conn8_primal, dense, ws, a, pad, ws.saddles, record, H, W, 0, out);
   } else {
-    dispatch_pass<T, false, false>(conn8_primal, ws, a, ws.saddles.data(), ws.saddles.size(), record, H, W, 0,
-                                   out);
+    dispatch_pass<T, false, false>(conn8_primal, dense, ws, a, pad, ws.saddles, record, H, W, 0, out);
   }
   // The essential class: the root left when every merge is done, the first
   // pixel of the order (the grid is connected).
-  const int64_t first = ws.last_root;
+  const int64_t first_pixel = ws.last_root;
   out.dim.push_back(0);
-  out.birth.push_back(static_cast<double>(a[first]));
+  out.birth.push_back(static_cast<double>(a[first_pixel]));
   out.death.push_back(sup ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity());
-  out.birth_pixel.push_back(first);
+  out.birth_pixel.push_back(first_pixel);
   out.death_pixel.push_back(-1);
-  if (!opt.dim1) return;
+  if (!opt.dim1) return true;
   if (share) {
     dual_order(ws);
+    dual_pass(ws.saddles);
   } else {
-    dual_saddles();
+    if (sup) {
+      sort_saddles<T, false>(ws, ws.dual_candidates, a, W);
+    } else {
+      sort_saddles<T, true>(ws, ws.dual_candidates, a, W);
+    }
+    dual_pass(ws.dual_candidates);
   }
-  dual_pass();
+  return true;
 }
 
 }  // namespace
 
 template <typename T>
-void batch_persistence(const T* maps, int64_t B, int64_t H, int64_t W, const PersistenceOptions& opt,
+bool batch_persistence(const T* maps, int64_t B, int64_t H, int64_t W, const PersistenceOptions& opt,
                        int num_threads, std::vector<ImagePairs>& out) {
   out.assign(B, ImagePairs{});
+  std::atomic<bool> finite{true};
   parallel_for<Workspace<T>>(B, num_threads, [&](Workspace<T>& ws, int64_t b) {
-    image_persistence(maps + b * H * W, H, W, opt, ws, out[b]);
+    if (!finite.load(std::memory_order_relaxed)) return;  // the call fails anyway
+    if (!image_persistence(maps + b * H * W, H, W, opt, ws, out[b])) finite = false;
   });
+  return finite;
 }
 
-template void batch_persistence<float>(const float*, int64_t, int64_t, int64_t, const PersistenceOptions&,
-                                       int, std::vector<ImagePairs>&);
-template void batch_persistence<double>(const double*, int64_t, int64_t, int64_t, const PersistenceOptions&,
-                                        int, std::vector<ImagePairs>&);
+template bool batch_persistence<float>(const float*, int64_t, int64_t, int64_t, const PersistenceOptions&, int,
+                                       std::vector<ImagePairs>&);
+template bool batch_persistence<double>(const double*, int64_t, int64_t, int64_t, const PersistenceOptions&, int,
+                                        std::vector<ImagePairs>&);
 
 }  // namespace topoot

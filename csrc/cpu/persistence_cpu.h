@@ -33,9 +33,11 @@ struct PersistenceOptions {
 
 // Diagrams of B maps (contiguous row-major [B, H, W]), `num_threads` workers
 // over the batch (<= 0: hardware concurrency). out[b] receives image b's
-// pairs. T is float or double.
+// pairs. T is float or double. Returns false, the pairs then meaningless, when
+// a map holds a NaN or an infinity (checked as the map is read, not in a pass
+// of its own). (H + 2) * (W + 2) must be at most 2**30.
 template <typename T>
-void batch_persistence(const T* maps, int64_t B, int64_t H, int64_t W,
+bool batch_persistence(const T* maps, int64_t B, int64_t H, int64_t W,
                        const PersistenceOptions& opt, int num_threads,
                        std::vector<ImagePairs>& out);
 

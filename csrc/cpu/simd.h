@@ -27,8 +27,12 @@
 // clone calls their baseline build.
 #if defined(__GNUC__)
 #define TOPOOT_INLINE inline __attribute__((always_inline))
+// The same for a lambda (after its parameter list): hot helpers of a loop that GCC would
+// otherwise call out of line.
+#define TOPOOT_ALWAYS_INLINE __attribute__((always_inline))
 #else
 #define TOPOOT_INLINE inline
+#define TOPOOT_ALWAYS_INLINE
 #endif
 
 namespace topoot {
