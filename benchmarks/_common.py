@@ -39,6 +39,24 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
     return statistics.median(times)
 
 
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall times of each ``fns[name]()`` over ``repeats`` rounds, every round running each function
+    once in turn (after ``warmup`` such rounds not counted), so that a slow spell of a shared machine
+    falls on every tool of a round alike: pair the times by round for ratios."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def environment() -> dict:
     """Where and when the numbers were taken: machine, commit, date, device."""
     root = Path(__file__).resolve().parent.parent

@@ -5,8 +5,11 @@ Ours (the C++ core, 1 thread and all threads, birth and death pixels included) a
 GUDHI's 2-D fast path ``gudhi.sklearn.CubicalPersistence`` (no pixels) and CubicalRipser
 (``computePH_T``: construction T, with locations; every tool's pair counts are checked
 against ours before timing). Every tool gets the same float64 maps in the same run.
-``CubicalComplex`` and CubicalRipser are timed on the first ``--slow-batch`` maps only (they
-are 100x slower); the ratio column is their ms per map over ours on one thread.
+Ours and GUDHI's fast path run in interleaved rounds (each once per round, on the whole batch):
+their ms are medians over the rounds and their ratio columns the median of the ratios within a
+round, so a slow spell of a shared machine does not fall on one tool. ``CubicalComplex`` and
+CubicalRipser are timed on the first ``--slow-batch`` maps only (they are 100x slower); their
+ratio is their median ms per map over ours on one thread.
 
     python benchmarks/bench_persistence.py [--batch 64] [--repeats 5] [--sizes 224 512]
 
@@ -33,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
-from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
+from _common import interleaved_seconds, median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 # isort: on
@@ -274,13 +277,24 @@ def main() -> None:
             maps = make_maps(kind, args.batch, size, args.seed)
             check_pair_counts(table, maps, f"{kind} {size}x{size}")
             row = {"size": size, "kind": kind, "batch": args.batch}
+            # The tools given the whole batch run in interleaved rounds; their ratios are the median
+            # of the ratios within a round. The slow ones, on a few maps, are timed on their own.
+            fast = {name: (lambda fn=fn, m=maps: fn(m)) for name, (fn, n, _) in table.items() if n is None}
+            times = interleaved_seconds(fast, repeats=args.repeats)
+            for name, ts in times.items():
+                row[f"{name}_ms"] = statistics.median(ts) / len(maps) * 1e3
             for name, (fn, n, _) in table.items():
-                sub = maps if n is None else maps[:n]
-                seconds = median_seconds(lambda fn=fn, sub=sub: fn(sub), repeats=args.repeats)
-                row[f"{name}_ms"] = seconds / len(sub) * 1e3
+                if n is not None:
+                    sub = maps[:n]
+                    seconds = median_seconds(lambda fn=fn, sub=sub: fn(sub), repeats=args.repeats)
+                    row[f"{name}_ms"] = seconds / len(sub) * 1e3
             base = row["ours_1thread_ms"]
             for name in table:
-                if name != "ours_1thread":
+                if name == "ours_1thread":
+                    continue
+                if name in times:
+                    row[f"{name}_ratio"] = statistics.median(t / o for t, o in zip(times[name], times["ours_1thread"]))
+                else:
                     row[f"{name}_ratio"] = row[f"{name}_ms"] / base
             rows.append(row)
             print(f"done {size} {kind}", flush=True)
