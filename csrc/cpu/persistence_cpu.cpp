@@ -678,22 +678,22 @@ bool image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOption
       dispatch_pass<T, true, true>(!conn8_primal, dense, ws, a, pad, saddles, nullptr, H, W, 1, out);
     }
   };
+  // Sorts a list into the primal order (descending for superlevel) or the dual one.
+  auto sort_for = [&](bool primal_order, std::vector<int32_t>& list) {
+    if (primal_order == sup) {
+      sort_saddles<T, true>(ws, list, a, W);
+    } else {
+      sort_saddles<T, false>(ws, list, a, W);
+    }
+  };
   if (!opt.dim0) {
     if (opt.dim1) {
-      if (sup) {
-        sort_saddles<T, false>(ws, ws.saddles, a, W);
-      } else {
-        sort_saddles<T, true>(ws, ws.saddles, a, W);
-      }
+      sort_for(false, ws.saddles);
       dual_pass(ws.saddles);
     }
     return true;
   }
-  if (sup) {
-    sort_saddles<T, true>(ws, ws.saddles, a, W);
-  } else {
-    sort_saddles<T, false>(ws, ws.saddles, a, W);
-  }
+  sort_for(true, ws.saddles);
   // One sorted list for both passes when no two adjacent pixels tie. Then every pixel's lower
   // neighbours in the dual order are the complement of those in the primal order, the two
   // passes have the same saddles, and the dual pass merges at a saddle exactly as many times as
@@ -724,11 +724,7 @@ bool image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOption
     dual_order(ws);
     dual_pass(ws.saddles);
   } else {
-    if (sup) {
-      sort_saddles<T, false>(ws, ws.dual_candidates, a, W);
-    } else {
-      sort_saddles<T, true>(ws, ws.dual_candidates, a, W);
-    }
+    sort_for(false, ws.dual_candidates);
     dual_pass(ws.dual_candidates);
   }
   return true;
