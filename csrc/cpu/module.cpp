@@ -14,24 +14,18 @@
 #include "best_stability_cpu.h"
 #include "head_cpu.h"
 #include "persistence_cpu.h"
+#include "simd.h"
 #include "sinkhorn_cpu.h"
 
 namespace py = pybind11;
 
 namespace {
 
-// NaN and +-inf are the values whose exponent bits are all ones. An integer
-// test, so that the loop vectorises (a floating-point reduction may not).
+// Whether no entry is NaN or infinite (simd.h's non_finite).
 template <typename T>
 bool all_finite(const T* x, int64_t n) {
-  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  constexpr Bits kExp = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
-  Bits bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    Bits u;
-    std::memcpy(&u, x + i, sizeof u);
-    bad |= static_cast<Bits>((u & kExp) == kExp);
-  }
+  unsigned bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= topoot::non_finite(x[i]);
   return bad == 0;
 }
 

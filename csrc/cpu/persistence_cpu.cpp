@@ -175,6 +175,14 @@ struct DivideBy {
   uint32_t operator()(uint32_t n) const { return static_cast<uint32_t>((n * m) >> shift); }
 };
 
+// The flat index in the map of cell P = (i + 1) Wp + j + 1 of the bordered grid (pixel (i, j)).
+struct MapIndex {
+  DivideBy row_of;
+  int32_t W;
+  explicit MapIndex(int64_t W_) : row_of(static_cast<uint32_t>(W_ + 2)), W(static_cast<int32_t>(W_)) {}
+  int32_t operator()(int32_t P) const { return P - 2 * static_cast<int32_t>(row_of(P)) - W - 1; }
+};
+
 // Per-thread scratch, reused across images. The masks and the parent forest are on the
 // (H+2) x (W+2) grid of the map with a one-pixel border; the map itself is not copied there.
 template <typename T>
@@ -211,7 +219,7 @@ constexpr size_t kLongRun = 256;  // sort_saddles
 // pass's order, so the codes of two roots order them as their values do unless they are
 // equal (then the values and indices decide). Merges then compare two parent entries they
 // have already loaded instead of two values at random places. Codes are below -2**30, apart
-// from the "not set" entries -1 .. -256 (kNotSet), and no finite value's code equals an
+// from the "not set" entries -1 .. -256 (not_set), and no finite value's code equals an
 // infinity's.
 template <typename T, bool Desc>
 inline int32_t root_code(T x) {
@@ -239,22 +247,17 @@ inline bool not_set(int32_t px) { return px >= kNotSetMin && px <= kNotSetMax; }
 // same with > for <.
 
 // One row of the bordered map: the pad, the map's row `src` (if any, else pads), the pad, and a
-// guard entry each side; returns whether a value was NaN or infinite (exponent bits all ones:
-// an integer test, so the loop vectorises).
+// guard entry each side; returns whether a value was NaN or infinite.
 template <typename T>
 TOPOOT_INLINE bool border_row_impl(const T* __restrict src, int64_t W, T pad, T* __restrict dst) {
-  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  constexpr Bits kExp = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
   dst[-1] = dst[0] = dst[W + 1] = dst[W + 2] = pad;
   if (src == nullptr) {
     std::fill(dst + 1, dst + W + 1, pad);
     return false;
   }
-  Bits bad = 0;
+  unsigned bad = 0;
   for (int64_t j = 0; j < W; ++j) {
-    Bits u;
-    std::memcpy(&u, src + j, sizeof u);
-    bad |= static_cast<Bits>((u & kExp) == kExp);
+    bad |= non_finite(src[j]);
     dst[j + 1] = src[j];
   }
   return bad != 0;
@@ -318,13 +321,13 @@ inline void rel_row(const double* cur, const double* next, int64_t Wp, uint8_t* 
   rel_row_f64(cur, next, Wp, rel);
 }
 
-// Which saddle candidates a scan lists: pixels with flag bit `flag` whose lower neighbours in
-// `mask` form two or more components for the connectivity (LocalTables::count).
+// Which saddle candidates a scan lists into `out`: pixels whose lower neighbours in the order
+// (descending when `desc`) form two or more runs (flag bit 1 or 0) and two or more components
+// for the connectivity (LocalTables::count, `conn8`).
 struct SaddleTest {
-  uint8_t flag = 0;
-  const uint8_t* mask = nullptr;
-  const std::array<uint8_t, 256>* count = nullptr;
+  bool desc = false, conn8 = false;
   std::vector<int32_t>* out = nullptr;
+  uint8_t flag() const { return out ? (desc ? 2 : 1) : 0; }
 };
 
 // One pass over the map, row by row in cache: masks of both orders, the saddle candidates of
@@ -345,6 +348,10 @@ bool scan(const T* a, int64_t H, int64_t W, T pad, Workspace<T>& ws, const Saddl
   std::memset(flags, 0, Wp + 8);
   first.out->clear();
   if (second.out) second.out->clear();
+  auto is_saddle = [&](const SaddleTest& t, uint8_t f, int32_t P) {
+    const uint8_t* mask = t.desc ? ws.lower_down.data() : ws.lower_up.data();
+    return (f & t.flag()) && kTables.count[t.conn8 ? 1 : 0][mask[P]] >= 2;
+  };
   bool bad = border_row(static_cast<const T*>(nullptr), W, pad, row[0]);
   bad |= border_row(a, W, pad, row[1]);
   rel_row(row[0], row[1], Wp, rel[0]);
@@ -359,18 +366,16 @@ bool scan(const T* a, int64_t H, int64_t W, T pad, Workspace<T>& ws, const Saddl
     uint8_t* down = ws.lower_down.data() + i * Wp;
     mask_row(rel[(i - 1) & 1], rel[i & 1], W, up, down, flags);
     // The row's candidates, eight flags at a time (flags[W + 1 ..] stay zero).
-    const uint64_t want = 0x0101010101010101ull * (first.flag | second.flag);
+    const uint64_t want = 0x0101010101010101ull * (first.flag() | second.flag());
     const int32_t base = static_cast<int32_t>(i * Wp);
     for (int64_t c = 1; c <= W; c += 8) {
       uint64_t word;
       std::memcpy(&word, flags + c, sizeof word);
       seen |= word;
       if (!(word & want)) continue;
-      for (int64_t q = c; q < c + 8 && q <= W; ++q) {
-        if ((flags[q] & first.flag) && (*first.count)[first.mask[base + q]] >= 2) first.out->push_back(base + q);
-        if (second.out && (flags[q] & second.flag) && (*second.count)[second.mask[base + q]] >= 2) {
-          second.out->push_back(base + q);
-        }
+      for (int32_t P = base + static_cast<int32_t>(c); P <= base + std::min<int64_t>(c + 7, W); ++P) {
+        if (is_saddle(first, flags[P - base], P)) first.out->push_back(P);
+        if (is_saddle(second, flags[P - base], P)) second.out->push_back(P);
       }
     }
   }
@@ -383,12 +388,11 @@ bool scan(const T* a, int64_t H, int64_t W, T pad, Workspace<T>& ws, const Saddl
 // stay in ws.keys.
 template <typename T, bool Desc>
 void sort_saddles(Workspace<T>& ws, std::vector<int32_t>& saddles, const T* a, int64_t W) {
-  const DivideBy row_of(static_cast<uint32_t>(W + 2));
+  const MapIndex original(W);
   const size_t n = saddles.size();
   ws.keys.resize(n);
   for (size_t s = 0; s < n; ++s) {
-    const int32_t P = saddles[s];
-    const uint64_t k = sort_key(a[P - 2 * static_cast<int32_t>(row_of(P)) - W - 1]);
+    const uint64_t k = sort_key(a[original(saddles[s])]);
     ws.keys[s] = Desc ? ~k : k;
   }
   if constexpr (sizeof(T) == 4) {
@@ -446,10 +450,8 @@ template <typename T, bool Desc, bool Conn8, bool Outside, bool Dense>
 void union_find_pass(Workspace<T>& ws, const T* a, T pad, const uint8_t* lower_mask, const int32_t* saddle,
                      size_t n, const uint64_t* record, int64_t H, int64_t W, int64_t dim, ImagePairs& out) {
   const int64_t Wp = W + 2, Np = (H + 2) * Wp;
-  const int32_t w = static_cast<int32_t>(Wp), Wi = static_cast<int32_t>(W);
-  const DivideBy row_of(static_cast<uint32_t>(Wp));
-  // Flat index in the map of pixel P of the grid: P = (i + 1) Wp + j + 1 for pixel (i, j).
-  auto original = [&](int32_t P) TOPOOT_ALWAYS_INLINE { return P - 2 * static_cast<int32_t>(row_of(P)) - Wi - 1; };
+  const int32_t w = static_cast<int32_t>(Wp);
+  const MapIndex original(W);
   auto value = [&](int32_t P) TOPOOT_ALWAYS_INLINE { return a[original(P)]; };  // pixels only
   // Strict total order of the pass on pixels: value (negated for Desc), then index.
   auto lower = [&](int32_t q, int32_t p) {
@@ -650,21 +652,10 @@ bool image_persistence(const T* a, int64_t H, int64_t W, const PersistenceOption
   // Primal pass (H0): ascending for sublevel, with the construction's connectivity (8 for T);
   // dual pass (H1): the opposite order and connectivity, with the outside node.
   const bool conn8_primal = opt.construction == Construction::T;
-  const SaddleTest primal{static_cast<uint8_t>(sup ? 2 : 1), nullptr, &kTables.count[conn8_primal ? 1 : 0], nullptr};
-  const SaddleTest dual{static_cast<uint8_t>(sup ? 1 : 2), nullptr, &kTables.count[conn8_primal ? 0 : 1], nullptr};
-  SaddleTest first = opt.dim0 ? primal : dual, second;
-  first.out = &ws.saddles;
-  if (opt.dim0 && opt.dim1) {
-    second = dual;
-    second.out = &ws.dual_candidates;
-  }
-  // The masks are allocated by the scan; the tests read them through these pointers.
-  ws.lower_up.resize((H + 2) * (W + 2));
-  ws.lower_down.resize((H + 2) * (W + 2));
-  const uint8_t* up = ws.lower_up.data();
-  const uint8_t* down = ws.lower_down.data();
-  first.mask = (first.flag == 1) ? up : down;
-  second.mask = (second.flag == 1) ? up : down;
+  const SaddleTest primal{sup, conn8_primal, &ws.saddles};
+  const SaddleTest dual{!sup, !conn8_primal, opt.dim0 ? &ws.dual_candidates : &ws.saddles};
+  const SaddleTest first = opt.dim0 ? primal : dual;
+  const SaddleTest second = opt.dim0 && opt.dim1 ? dual : SaddleTest{};
   bool ties = false;
   if (!scan(a, H, W, pad, ws, first, second, ties)) return false;
   poll();

@@ -37,6 +37,17 @@
 
 namespace topoot {
 
+// 1 when x is NaN or infinite (its exponent bits are all ones), else 0: an integer test, so that
+// loops reducing it vectorise (a floating-point reduction may not).
+template <typename T>
+TOPOOT_INLINE unsigned non_finite(T x) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr Bits kExp = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
+  Bits u;
+  std::memcpy(&u, &x, sizeof u);
+  return (u & kExp) == kExp;
+}
+
 // exp(x) without a libm call, so that loops over it vectorise: Cody-Waite
 // reduction x = k ln2 + r, |r| <= ln2/2, a Taylor polynomial of r (degree 13
 // for double, 7 for float: truncation below half an ulp), times 2^k built in
