@@ -271,6 +271,22 @@ def test_map_features_are_documented_channels(rng):
     assert tiny.shape == (1, 8, 1, 1) and torch.isfinite(tiny).all()
 
 
+def test_a_batchs_features_and_masks_are_its_maps_alone(rng):
+    # The convolution library chooses its algorithm by batch size: batched blurs rounded otherwise
+    # than one map's, and one pixel of a 64x64 mask flipped between refine(batch) and refine(map)
+    # (SPEC 5: a batch's masks are its maps' one by one).
+    from topoot_gpu import refine
+
+    for batch, h, w in [(3, 31, 47), (4, 9, 130), (6, 64, 64)]:
+        maps = blob_maps(rng, batch, h, w).astype(np.float32)
+        features = map_features(maps)
+        for i in range(batch):
+            assert np.array_equal(map_features(maps[i]), features[i]), (batch, h, w, i)
+    masks = refine(maps).mask  # the 64x64 batch
+    for i in range(len(maps)):
+        assert np.array_equal(refine(maps[i]).mask, masks[i]), i
+
+
 def test_bad_arguments_raise_value_error():
     labels = torch.zeros(2, 8, 8, dtype=torch.bool)
     features = torch.zeros(2, 3, 8, 8)

@@ -14,9 +14,10 @@ import topoot_gpu
 
 PACKAGE = Path(topoot_gpu.__file__).resolve().parent
 STAGES = ("core", "persistence", "transport", "selection", "head", "refinement", "topology", "mebin")
-#: What each stage's modules may import: its own modules, the stages below it, the compiled core.
+#: What each stage's modules may import: its own modules, the stages below it, the compiled core
+#: (below everything; core's allocator frees the compiled kernels' kept scratch).
 ALLOWED = {
-    "core": {"core"},
+    "core": {"core", "_C"},
     "persistence": {"persistence", "core", "_C"},
     "transport": {"transport", "core", "_C"},
     "selection": {"selection", "persistence", "transport", "core"},

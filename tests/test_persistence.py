@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from topoot_gpu import Diagrams, cubical_persistence
+from topoot_gpu import Diagrams, cubical_persistence, release_scratch
 from topoot_gpu.testing import (
     blob_maps,
     numpy_float_dtypes,
@@ -133,10 +132,10 @@ def test_batch_equals_one_by_one_and_threads_do_not_matter(rng):
 
 
 def test_results_do_not_depend_on_earlier_calls(rng):
-    # The C++ core keeps its scratch (the parent forest among it) per thread between calls, left
-    # dirty by dense maps and clean by sparse ones, over blocks sized by the largest map so far:
-    # a sequence of maps of changing sizes and kinds on one thread must give what a fresh thread
-    # gives for each map.
+    # The C++ core keeps its scratch (the parent forest among it) between calls, left dirty by
+    # dense maps and clean by sparse ones, over blocks sized by the largest map so far: a sequence
+    # of maps of changing sizes and kinds through one kept scratch state (one thread) must give
+    # what fresh scratch gives for each map.
     calls = []
     # A dense map leaves the forest dirty, a smaller sparse one cleans what it uses, a larger
     # sparse one then reads further into the block; with each construction and filtration.
@@ -154,17 +153,16 @@ def test_results_do_not_depend_on_earlier_calls(rng):
         maps, construction, filtration, dims = call
         return cubical_persistence(maps, construction=construction, filtration=filtration, dims=dims, num_threads=1)
 
-    def in_fresh_thread(call):
-        out = []
-        t = threading.Thread(target=lambda: out.append(run(call)))
-        t.start()
-        t.join()
-        return out[0]
+    def with_fresh_scratch(call):
+        release_scratch()
+        return run(call)
 
+    fresh = [with_fresh_scratch(call) for call in calls]
+    release_scratch()
     for i, call in enumerate(calls):
-        ours, fresh = run(call), in_fresh_thread(call)
+        ours = run(call)
         for field in ("dim", "birth", "death", "birth_pixel", "death_pixel"):
-            assert np.array_equal(getattr(ours, field), getattr(fresh, field)), (i, call[0].shape, field)
+            assert np.array_equal(getattr(ours, field), getattr(fresh[i], field)), (i, call[0].shape, field)
 
 
 def test_tie_free_pixels_match_gudhi(rng):

@@ -275,3 +275,40 @@ def test_packed_real_costs_are_the_padded_real_entries(rng):
     fake = SinkhornResult(real, ap, bp, torch.zeros(len(n_sizes)), torch.zeros(len(n_sizes)), "log")
     assert torch.equal(packed_real_costs(a, b, M, n_sizes, m_sizes), pack_result(fake, n_sizes, m_sizes).plan)
     assert torch.equal(pack_result(fake, n_sizes, m_sizes).log_u, a)  # the round trip of the weights
+
+
+def test_kept_scratch_changes_no_result(rng):
+    # The C++ workers keep their scratch between calls (release_scratch() frees it): a solve after
+    # larger problems have grown every kept state, and solves from two Python threads at once
+    # (which must take different states), equal the solve on fresh scratch, bit for bit.
+    import threading
+
+    from topoot_gpu import best_stability, release_scratch
+
+    _, a, b, M, sizes = packed_problems(rng, SIZES)
+    diagrams = [torch.from_numpy(np.sort(rng.random((n, 2)), 1)) for n in (7, 40, 1, 25, 60, 3)]
+    P, Q = torch.cat(diagrams[::2]), torch.cat(diagrams[1::2])
+    p_sizes, q_sizes = torch.tensor([len(d) for d in diagrams[::2]]), torch.tensor([len(d) for d in diagrams[1::2]])
+
+    def solve():
+        res = sinkhorn(a, b, M, reg=0.05, max_iter=3000, sizes=sizes, num_threads=2)
+        st = best_stability(P, p_sizes, Q, q_sizes, reg=0.3, num_threads=2)
+        return [res.plan, res.log_u, res.log_v, res.n_iter, res.err, st.s_row, st.c_row, st.s_col, st.c_col]
+
+    release_scratch()
+    fresh = solve()
+    assert release_scratch() >= 1 and release_scratch() == 0
+    solve()
+    _, a2, b2, M2, sizes2 = packed_problems(rng, [(300, 280), (250, 310), (120, 2)])
+    sinkhorn(a2, b2, M2, reg=0.05, sizes=sizes2, num_threads=2)
+    big = torch.from_numpy(np.sort(rng.random((500, 2)), 1))
+    best_stability(big, torch.tensor([300, 200]), big, torch.tensor([250, 250]), reg=0.3, num_threads=2)
+    kept = solve()
+    both = [None, None]
+    threads = [threading.Thread(target=lambda i=i: both.__setitem__(i, solve())) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got in (kept, *both):
+        assert all(torch.equal(x, y) for x, y in zip(fresh, got))

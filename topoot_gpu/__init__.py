@@ -8,7 +8,7 @@ plain GUDHI / POT / PyTorch version everything is checked against. The public fu
 re-exported here.
 """
 
-from .core.allocator import keep_freed_memory
+from .core.allocator import keep_freed_memory, release_scratch
 from .core.maps import map_features
 from .head.api import train_heads
 from .head.config import HeadConfig
@@ -60,6 +60,7 @@ __all__ = [
     "pseudo_labels",
     "refine",
     "refine_files",
+    "release_scratch",
     "sinkhorn",
     "stability",
     "total_persistence",

@@ -288,6 +288,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
         py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));
+  m.def(
+      "release_scratch",
+      [] {
+        py::gil_scoped_release release;
+        return topoot::release_scratch();
+      },
+      "Frees the kernels' cached scratch that no call is using; returns how many states.");
   m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
         py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));

@@ -1,5 +1,6 @@
 """Memory: how much a step may allocate (:func:`memory_budget`), and on the CPU, let glibc's malloc
-reuse freed blocks instead of faulting fresh pages in (:func:`keep_freed_memory`).
+reuse freed blocks instead of faulting fresh pages in (:func:`keep_freed_memory`), and free the C++
+kernels' cached scratch (:func:`release_scratch`).
 
 The batched head allocates tensors of hundreds of MB per step (``[B, H*W, hid]``). glibc serves
 blocks above its mmap threshold (at most 32 MiB by default) with a fresh ``mmap`` and unmaps them
@@ -48,6 +49,22 @@ def keep_freed_memory(mmap_threshold: int = (1 << 31) - 1, trim_threshold: int =
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_scratch() -> int:
+    """Free the C++ kernels' cached scratch that no running call is using; returns how many
+    per-worker states were freed.
+
+    The CPU kernels keep each worker's scratch between calls, so that batch after batch reuses
+    pages already faulted in (a 10k x 10k transport problem of a raw-noise map holds an 800 MB
+    matrix; faulting it in again costs about a quarter of its solve). What stays allocated is one
+    state per worker of the most parallel calls so far, each as large as the largest problem it
+    solved. Call this after a burst of large inputs to give that memory back; the next call
+    allocates afresh.
+    """
+    from .. import _C  # the compiled kernels sit below every Python module
+
+    return int(_C.release_scratch())
 
 
 def memory_budget(max_memory: int | None, device: torch.device) -> int:

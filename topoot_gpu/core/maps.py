@@ -81,7 +81,14 @@ def map_features(maps: Any) -> Any:
 
 
 def normalised_map_features(a: torch.Tensor) -> torch.Tensor:
-    """:func:`map_features` of maps ``[B, H, W]`` already normalised to ``[0, 1]``."""
+    """:func:`map_features` of maps ``[B, H, W]`` already normalised to ``[0, 1]``, map by map: the
+    convolution libraries choose their algorithm by batch size, so a batched blur can round
+    differently from the same map's blur alone, and SPEC 5 wants a batch's masks to be its maps'
+    masks one by one (one pixel of a 64x64 mask flipped)."""
+    return torch.cat([_features(a[i : i + 1]) for i in range(a.shape[0])])
+
+
+def _features(a: torch.Tensor) -> torch.Tensor:
     a = a.to(torch.float32).unsqueeze(1)
     with _full_float32_convolutions():
         blurs = {s: _gaussian_blur(a, s) for s in (1, 2, 4, 8)}
