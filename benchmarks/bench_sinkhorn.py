@@ -3,8 +3,10 @@
 Problems are built as TopoOT builds them: two random diagrams of n points each, ``normalized``
 costs, uniform weights. For each batch size, n and reg: our solver on the whole batch (default
 backend and domain, all threads and one thread) and POT ``ot.sinkhorn`` (its default method) on
-the first ``--pot-problems`` problems one by one; median of repeats after a warm-up, ratio =
-our problems/s over POT's. With a GPU, the torch backend and the Triton kernel also run on it.
+the first ``--pot-problems`` problems one by one (a ragged batch: every problem); ours on one
+thread, POT and the torch backend (CPU, one thread) in interleaved rounds, ratio = the median
+within a round of our problems/s over POT's; all threads: median of repeats after a warm-up.
+With a GPU, the torch backend and the Triton kernel also run on it.
 
 ``--ragged B``: also a ragged batch of ``B`` problems whose sides are drawn in ``--ragged-sizes``
 (default 5..200), once padded to the largest (``diagram_costs``) and once packed (``diagram_costs(...,
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
-from _common import median_seconds, print_table, write_results  # noqa: E402  (before numpy)
+from _common import interleaved_seconds, median_seconds, print_table, write_results  # noqa: E402  (before numpy)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -53,7 +56,7 @@ def make_ragged(batch: int, lo: int, hi: int, seed: int):
     return P, Q
 
 
-def measure(P, Q, reg: float, layout: str, args, ot) -> dict:
+def measure(P, Q, reg: float, layout: str, args, ot, pot_problems: int) -> dict:
     """One configuration: ours on the whole batch in ``layout`` (``"padded"``: ``[B, n_max, m_max]``;
     ``"packed"``: each problem at its own size), POT on its first problems one by one (each at its
     own size) and POT's batched solver on the padded batch; our iterates checked against POT's
@@ -69,16 +72,7 @@ def measure(P, Q, reg: float, layout: str, args, ot) -> dict:
     row = {"layout": layout, "domain": res.domain, "median_n_iter": float(res.n_iter.double().median())}
     t = median_seconds(lambda: sinkhorn(a, b, M, **kw), repeats=args.repeats)
     row["ours_cpu_problems_per_s"] = batch / t
-    t1 = median_seconds(lambda: sinkhorn(a, b, M, num_threads=1, **kw), repeats=args.repeats)
-    row["ours_cpu_1thread_problems_per_s"] = batch / t1
-    # The torch backend on the CPU, one thread (torch's own setting), against the C++ one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tt = median_seconds(lambda: sinkhorn(a, b, M, backend="torch", **kw), repeats=args.repeats)
-    torch.set_num_threads(threads)
-    row["torch_cpu_1thread_problems_per_s"] = batch / tt
-    row["torch_vs_cpp_1thread_time"] = tt / t1
-    k = min(batch, args.pot_problems)
+    k = min(batch, pot_problems)
     # Each problem at its own size, as a POT user would pass it.
     real = [tuple(x.numpy() for x in diagram_costs([P[j]], [Q[j]], packed=True)[:3]) for j in range(k)]
     real = [(pa, pb, pM.reshape(len(pa), len(pb))) for pM, pa, pb in real]
@@ -106,8 +100,26 @@ def measure(P, Q, reg: float, layout: str, args, ot) -> dict:
         same_iter &= int(ours.n_iter[j]) == int(log["niter"])
     row["max_plan_diff_vs_pot"] = diff
     row["n_iter_equal_pot"] = same_iter
-    row["pot_problems_per_s"] = k / median_seconds(pot, repeats=args.repeats)
-    row["ratio_1thread_vs_pot"] = row["ours_cpu_1thread_problems_per_s"] / row["pot_problems_per_s"]
+    # Ours on one thread, POT, and the torch backend on the CPU (one thread, torch's own setting)
+    # in interleaved rounds; each ratio is the median of the ratios within a round.
+    threads = torch.get_num_threads()
+
+    def torch_backend():
+        torch.set_num_threads(1)
+        try:
+            sinkhorn(a, b, M, backend="torch", **kw)
+        finally:
+            torch.set_num_threads(threads)
+
+    times = interleaved_seconds(
+        {"ours": lambda: sinkhorn(a, b, M, num_threads=1, **kw), "pot": pot, "torch": torch_backend},
+        repeats=args.repeats,
+    )
+    row["ours_cpu_1thread_problems_per_s"] = batch / statistics.median(times["ours"])
+    row["pot_problems_per_s"] = k / statistics.median(times["pot"])
+    row["torch_cpu_1thread_problems_per_s"] = batch / statistics.median(times["torch"])
+    row["torch_vs_cpp_1thread_time"] = statistics.median(x / o for x, o in zip(times["torch"], times["ours"]))
+    row["ratio_1thread_vs_pot"] = statistics.median((p / k) / (o / batch) for p, o in zip(times["pot"], times["ours"]))
     row["ratio_all_threads_vs_pot"] = row["ours_cpu_problems_per_s"] / row["pot_problems_per_s"]
     row["pot_batch_problems_per_s"] = pot_batch(P[:k], Q[:k], reg, args, ot)
     if torch.cuda.is_available() and layout == "padded":
@@ -165,16 +177,18 @@ def main() -> None:
                 continue
             P, Q = make_problems(batch, n, args.seed)
             for reg in args.regs:
-                rows.append({"batch": batch, "n": n, "reg": reg, **measure(P, Q, reg, "padded", args, ot)})
+                rows.append(
+                    {"batch": batch, "n": n, "reg": reg, **measure(P, Q, reg, "padded", args, ot, args.pot_problems)}
+                )
                 print(f"done batch {batch} n {n} reg {reg}", flush=True)
     if args.ragged:
         lo, hi = args.ragged_sizes
         P, Q = make_ragged(args.ragged, lo, hi, args.seed)
         for reg in args.regs:
             for layout in ("padded", "packed"):
-                rows.append(
-                    {"batch": args.ragged, "n": f"{lo}..{hi}", "reg": reg, **measure(P, Q, reg, layout, args, ot)}
-                )
+                # POT on every problem: its first few are no sample of the batch's sizes.
+                row = measure(P, Q, reg, layout, args, ot, args.ragged)
+                rows.append({"batch": args.ragged, "n": f"{lo}..{hi}", "reg": reg, **row})
                 print(f"done ragged batch {args.ragged} reg {reg} {layout}", flush=True)
     columns = [
         "batch",

@@ -184,6 +184,10 @@ def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot():
         topoot_gpu.keep_freed_memory(mmap_threshold=0)
     with pytest.raises(ValueError, match="trim_threshold"):
         topoot_gpu.keep_freed_memory(trim_threshold=2**31)
+    with pytest.raises(ValueError, match="trim_threshold"):
+        topoot_gpu.keep_freed_memory(trim_threshold=-1)
+    assert topoot_gpu.keep_freed_memory(trim_threshold=1 << 30) == result  # a finite threshold
+    assert topoot_gpu.keep_freed_memory(trim_threshold=None) == result  # never trim (the default)
 
 
 @pytest.mark.cuda
