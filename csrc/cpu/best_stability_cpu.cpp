@@ -118,11 +118,12 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     }
     SinkhornOptions o = opt;
     o.log_domain = worst / opt.reg > scaling_limit;
+    o.subnormal_kernel = sinkhorn_kernel_may_be_subnormal(worst, opt.reg, false);
     s.solver.K.resize(nr * mc);
     for (int64_t i = 0; i < nr; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
       costs(i, row);
-      sinkhorn_kernel_row_f64(row, mc, opt.reg, o.log_domain, s.solver.K.data() + i * mc);
+      sinkhorn_kernel_row_f64(row, mc, opt.reg, o.log_domain, o.subnormal_kernel, s.solver.K.data() + i * mc);
     }
     // Every weight is positive, so the solver's problem is this one: the plan is read row by row
     // from its scalings and never stored.

@@ -58,13 +58,17 @@ TOPOOT_INLINE unsigned non_finite(T x) {
 // Sinkhorn kernel exp(-M / reg) needs Subnormal: POT keeps such entries, and a
 // zero there changes when it stops on numerical errors; in the log domain's
 // sums, where the largest term is 1, they change nothing. x must not be NaN.
+// From this x up, exp_fast<T, false>(x) and exp_fast<T, true>(x) are the same normal number.
+template <typename T>
+constexpr T kExpNormalLow = sizeof(T) == 8 ? T(-708.0) : T(-87.0);
+
 template <typename T, bool Subnormal = false>
 TOPOOT_INLINE T exp_fast(T x) {
   using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
   constexpr bool f64 = sizeof(T) == 8;
   constexpr int mant = f64 ? 52 : 23;
   constexpr Bits bias = f64 ? 1023 : 127;
-  constexpr T lo = Subnormal ? (f64 ? T(-745.2) : T(-104.0)) : (f64 ? T(-708.0) : T(-87.0));
+  constexpr T lo = Subnormal ? (f64 ? T(-745.2) : T(-104.0)) : kExpNormalLow<T>;
   constexpr T hi = f64 ? T(709.0) : T(88.0);
   constexpr Bits lowest_normal_k = f64 ? -1022 : -126;
   constexpr T two_m64 = T(5.42101086242752217e-20);  // 2^-64

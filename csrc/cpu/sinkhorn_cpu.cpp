@@ -175,11 +175,13 @@ TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, cons
 // The solver's matrix entry from a cost, as POT writes it: exp(M / -reg) in the scaling domain,
 // -M / reg in the log domain.
 template <typename T>
-TOPOOT_INLINE void kernel_row(const T* M, int64_t m, T reg, bool log_domain, T* K) {
+TOPOOT_INLINE void kernel_row(const T* M, int64_t m, T reg, bool log_domain, bool subnormal, T* K) {
   if (log_domain) {
     for (int64_t j = 0; j < m; ++j) K[j] = -M[j] / reg;
-  } else {
+  } else if (subnormal) {
     for (int64_t j = 0; j < m; ++j) K[j] = exp_fast<T, true>(M[j] / -reg);
+  } else {
+    for (int64_t j = 0; j < m; ++j) K[j] = exp_fast<T, false>(M[j] / -reg);
   }
 }
 
@@ -254,10 +256,10 @@ TOPOOT_INLINE bool solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
     const T* Mi = Mk + s.rows[i] * m;
     T* Ki = s.K.data() + i * mc;
     if (mc == m) {
-      kernel_row(Mi, m, reg, opt.log_domain, Ki);
+      kernel_row(Mi, m, reg, opt.log_domain, opt.subnormal_kernel, Ki);
     } else {
       for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
-      kernel_row(Ki, mc, reg, opt.log_domain, Ki);
+      kernel_row(Ki, mc, reg, opt.log_domain, opt.subnormal_kernel, Ki);
     }
   }
   if (opt.log_domain) {
@@ -390,8 +392,15 @@ SinkhornInputStats merged(const std::vector<SinkhornInputStats>& per) {
 }  // namespace
 
 TOPOOT_TARGET_CLONES_WIDE void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain,
-                                               double* K) {
-  kernel_row(M, m, reg, log_domain, K);
+                                                       bool subnormal, double* K) {
+  kernel_row(M, m, reg, log_domain, subnormal, K);
+}
+
+// Every M / -reg >= (worst / -reg), rounded alike (division is monotonic), is then >= the low end
+// of exp_fast's normal range.
+bool sinkhorn_kernel_may_be_subnormal(double worst, double reg, bool f32) {
+  if (f32) return !(static_cast<float>(worst) / -static_cast<float>(reg) >= kExpNormalLow<float>);
+  return !(worst / -reg >= kExpNormalLow<double>);
 }
 
 TOPOOT_TARGET_CLONES_WIDE void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b,
@@ -428,6 +437,7 @@ SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const Sinkhorn
   auto solve = [&](SinkhornScratch<T>& s, int64_t k, bool log) {
     SinkhornOptions o = opt;
     o.log_domain = log;
+    o.subnormal_kernel = sinkhorn_kernel_may_be_subnormal(stats[k].worst, opt.reg, sizeof(T) == 4);
     T* Pk = plan == nullptr ? nullptr : plan + L.m_off[k];
     if constexpr (sizeof(T) == 4) {
       finite[k] = sinkhorn_problem_f32(s, a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k], o, Pk,

@@ -17,6 +17,10 @@ struct SinkhornOptions {
   // scaling domain when max |M| / reg <= scaling_limit over every problem's real entries).
   bool auto_domain = false;
   double scaling_limit = 0;
+  // Whether exp(-M / reg) may be subnormal (the scaling domain then keeps such entries, as POT
+  // does). Solvers clear it for a problem whose max |M| / reg rules that out: the same kernel,
+  // from a cheaper exp.
+  bool subnormal_kernel = true;
 };
 
 // Where problem k of a batch lies in flat buffers: n[k] x m[k] entries; its a at a_off[k], b at
@@ -79,7 +83,10 @@ struct SinkhornScratch {
 // into the row K [m] of the solver's matrix (what sinkhorn_batch would put there); once
 // s.K [n, m] is filled, sinkhorn_solve_kernel_f64 iterates (all weights a [n], b [m] positive).
 // Same iterates, n_iter and err as sinkhorn_batch on that problem.
-void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, double* K);
+void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, bool subnormal, double* K);
+
+// Whether exp(-M / reg) may be subnormal for some |M| <= worst (see subnormal_kernel).
+bool sinkhorn_kernel_may_be_subnormal(double worst, double reg, bool f32);
 void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
                                const SinkhornOptions& opt, int64_t& n_iter, double& err);
 
