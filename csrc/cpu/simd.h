@@ -48,6 +48,10 @@ TOPOOT_INLINE unsigned non_finite(T x) {
   return (u & kExp) == kExp;
 }
 
+// From this x up, exp_fast<T, false>(x) and exp_fast<T, true>(x) are the same normal number.
+template <typename T>
+constexpr T kExpNormalLow = sizeof(T) == 8 ? T(-708.0) : T(-87.0);
+
 // exp(x) without a libm call, so that loops over it vectorise: Cody-Waite
 // reduction x = k ln2 + r, |r| <= ln2/2, a Taylor polynomial of r (degree 13
 // for double, 7 for float: truncation below half an ulp), times 2^k built in
@@ -58,10 +62,6 @@ TOPOOT_INLINE unsigned non_finite(T x) {
 // Sinkhorn kernel exp(-M / reg) needs Subnormal: POT keeps such entries, and a
 // zero there changes when it stops on numerical errors; in the log domain's
 // sums, where the largest term is 1, they change nothing. x must not be NaN.
-// From this x up, exp_fast<T, false>(x) and exp_fast<T, true>(x) are the same normal number.
-template <typename T>
-constexpr T kExpNormalLow = sizeof(T) == 8 ? T(-708.0) : T(-87.0);
-
 template <typename T, bool Subnormal = false>
 TOPOOT_INLINE T exp_fast(T x) {
   using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;

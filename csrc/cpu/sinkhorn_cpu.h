@@ -84,11 +84,11 @@ struct SinkhornScratch {
 // s.K [n, m] is filled, sinkhorn_solve_kernel_f64 iterates (all weights a [n], b [m] positive).
 // Same iterates, n_iter and err as sinkhorn_batch on that problem.
 void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, bool subnormal, double* K);
+void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
+                               const SinkhornOptions& opt, int64_t& n_iter, double& err);
 
 // Whether exp(-M / reg) may be subnormal for some |M| <= worst (see subnormal_kernel).
 bool sinkhorn_kernel_may_be_subnormal(double worst, double reg, bool f32);
-void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
-                               const SinkhornOptions& opt, int64_t& n_iter, double& err);
 
 // Row i of the plan of the problem last solved in s, for a problem with no zero weight (compact
 // rows and columns = the problem's own): row [m], the same values the padded plan would hold.

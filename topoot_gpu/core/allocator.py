@@ -69,10 +69,10 @@ def release_scratch() -> int:
 
     The CPU kernels keep each worker's scratch between calls, so that batch after batch reuses
     pages already faulted in (a 10k x 10k transport problem of a raw-noise map holds an 800 MB
-    matrix; faulting it in again costs about a quarter of its solve). What stays allocated is one
-    state per worker of the most parallel calls so far, each as large as the largest problem it
-    solved. Call this after a burst of large inputs to give that memory back; the next call
-    allocates afresh.
+    matrix; faulting it in again was a fifth of a raw-noise selection's time). What stays
+    allocated is one state per worker of the most parallel calls so far, each as large as the
+    largest problem it solved. Call this after a burst of large inputs to give that memory back;
+    the next call allocates afresh.
     """
     from .. import _C  # the compiled kernels sit below every Python module
 
