@@ -265,6 +265,59 @@ def test_size_classes_bound_the_padding(rng):
     assert [g.tolist() for g in size_classes(even, even.flip(0))] == [list(range(300))]
 
 
+@pytest.mark.filterwarnings("ignore:sinkhorn")  # the empty problems "do not converge"
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+def test_cache_groups_change_no_value(rng, monkeypatch, domain):
+    """On the CPU the torch backend solves padded and packed batches in ``cache_groups``, each
+    cropped to its own largest problem: forced here into many small groups (with zero weights,
+    empty problems and junk padding costs), the same n_iter and, to rounding, the same plans and
+    scalings as one call over the whole batch; padding stays 0 and -inf."""
+    from topoot_gpu.transport import padded as padded_module
+
+    sizes = SIZES + [(7, 120), (120, 7), (2, 2), (64, 63)]
+    problems, a, b, M, packed_sizes = packed_problems(rng, sizes, zero_weights=True)
+    Pa, Pb, PM = padded(problems)
+    kw = {"reg": 0.05, "max_iter": 3000, "domain": domain, "backend": "torch"}
+    monkeypatch.setattr(padded_module, "CPU_GROUP_ENTRIES", 1 << 40)  # one group: the whole batch
+    assert len(padded_module.cache_groups(*packed_sizes)) == 1
+    whole_packed = sinkhorn(a, b, M, sizes=packed_sizes, **kw)
+    whole_padded = sinkhorn(Pa, Pb, PM, **kw)
+    monkeypatch.setattr(padded_module, "CPU_GROUP_ENTRIES", 3000)
+    assert len(padded_module.cache_groups(*packed_sizes)) >= 5
+    for whole, grouped in ((whole_packed, sinkhorn(a, b, M, sizes=packed_sizes, **kw)),
+                           (whole_padded, sinkhorn(Pa, Pb, PM, **kw))):  # fmt: skip
+        assert torch.equal(grouped.n_iter, whole.n_iter)
+        for x, y in ((grouped.plan, whole.plan), (grouped.log_u, whole.log_u), (grouped.log_v, whole.log_v)):
+            assert torch.equal(torch.isneginf(x), torch.isneginf(y))
+            assert torch.allclose(x, y, rtol=1e-12, atol=1e-15)
+    grouped = sinkhorn(Pa, Pb, PM, **kw)
+    for k, (ak, bk, _) in enumerate(problems):
+        n, m = len(ak), len(bk)
+        assert torch.all(grouped.plan[k, n:] == 0) and torch.all(grouped.plan[k, :, m:] == 0)
+        assert torch.all(torch.isneginf(grouped.log_u[k, n:])) and torch.all(torch.isneginf(grouped.log_v[k, m:]))
+
+
+def test_cache_groups_partition_the_batch_within_the_budget(rng):
+    """Every problem in exactly one group; a group of several holds at most ``entries`` padded
+    entries, and sorting by row buckets keeps its padding small on ragged sizes."""
+    from topoot_gpu.transport.padded import cache_groups
+
+    n_sizes = torch.from_numpy(rng.integers(0, 300, 500))
+    m_sizes = torch.from_numpy(rng.integers(0, 300, 500))
+    n_sizes[:3] = torch.tensor([0, 1, 2000])
+    m_sizes[:3] = torch.tensor([5, 0, 2000])  # larger than the budget alone
+    groups = cache_groups(n_sizes, m_sizes, entries=200_000)
+    assert sorted(torch.cat(groups).tolist()) == list(range(500))
+    padded_entries = 0
+    for g in groups:
+        size = len(g) * int(n_sizes[g].max()) * int(m_sizes[g].max())
+        assert len(g) == 1 or size <= 200_000
+        padded_entries += size
+    real = int((n_sizes * m_sizes).sum())
+    assert padded_entries < 1.5 * real  # one padded batch would hold 500 * 2000**2 = 80x more
+    assert [g.tolist() for g in cache_groups(n_sizes, m_sizes, entries=1 << 62)] != []
+
+
 def test_packed_real_costs_are_the_padded_real_entries(rng):
     from topoot_gpu.transport.padded import pack_result, packed_real_costs, pad_packed
     from topoot_gpu.transport.results import SinkhornResult

@@ -41,10 +41,17 @@ class _Batch:
         self.err = torch.ones(B, dtype=dtype, device=device)
 
     def finish(
-        self, done: torch.Tensor, ii: int | torch.Tensor, outputs: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> torch.Tensor:
-        """Record the problems flagged in ``done`` (over the active set) as stopped at iteration ``ii``
-        (one for all, or a tensor over the active set) and return the keep mask."""
+        self, done: torch.Tensor | None, ii: int | torch.Tensor, outputs: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor | None:
+        """Record the problems flagged in ``done`` (over the active set; ``None``: all of them) as
+        stopped at iteration ``ii`` (one for all, or a tensor over the active set) and return the
+        keep mask (``None`` when none is left)."""
+        if done is None:
+            self.n_iter[self.active] = ii
+            for full, part in outputs:
+                full[self.active] = part
+            self.active = self.active[:0]
+            return None
         idx = self.active[done]
         self.n_iter[idx] = ii[done] if isinstance(ii, torch.Tensor) else ii
         for full, part in outputs:
@@ -91,56 +98,81 @@ def sinkhorn_log(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
 
 def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
     B, n, m = M.shape
-    zero = torch.zeros((), dtype=M.dtype, device=M.device)
+    dtype, device = M.dtype, M.device
+    zero = torch.zeros((), dtype=dtype, device=device)
     row, col = a > 0, b > 0
-    K_all = torch.where(row[:, :, None] & col[:, None, :], torch.exp(M / -reg), zero)
     inv_a = torch.where(row, 1.0 / torch.where(row, a, 1.0), zero)
-    # POT starts from u = 1 / n (n real rows); the plan does not depend on that scale.
-    n_real = row.sum(1, keepdim=True).clamp(min=1).to(M.dtype)
-    u_all = torch.where(row, 1.0 / n_real, zero)
-    v_all = torch.where(col, 1.0 / col.sum(1, keepdim=True).clamp(min=1).to(M.dtype), zero)
-    state = _Batch(B, M.device, M.dtype, max_iter)
+    if bool(row.all()) and bool(col.all()):  # one host read: no padding
+        K_all = torch.div(M, -reg).exp_()
+        Kp = K_all * inv_a[:, :, None]
+    else:
+        # Padding needs no masking in the loop: K is 1 on (real row, padding column) and K / a is 1
+        # on padding rows, 0 elsewhere off the real block. A padding column's K^T u is then the sum
+        # of the real u (zero only when every real column's is: POT's own stop), so its v is 0 /
+        # that = 0; likewise a padding row's u = 0 / (sum of the real v), and v = 0 there makes
+        # (K / a) on (real row, padding column) count for nothing. Padding costs are zeroed first
+        # (exp(-0 / reg) = 1; M is finite), by products with 1 and 0 that leave the real entries'
+        # bits: those are POT's, exactly.
+        rows, cols = row.to(dtype)[:, :, None], col.to(dtype)[:, None, :]
+        K_all = (M * rows).mul_(cols).div_(-reg).exp_().mul_(rows)
+        Kp = (K_all * inv_a[:, :, None]).add_(1 - rows)
+    # The scalings are kept as [B, 1, n] and [B, 1, m] rows, so that every product is a
+    # vector-matrix bmm with no reshaping: K^T u as u^T K, and (K / a) v as v^T (K / a)^T through a
+    # transposed view (BLAS reads it in place; on the CPU several times faster than a matrix-vector
+    # bmm). POT starts from u = 1 / n (n real rows); the plan does not depend on that scale.
+    row_one = row.to(dtype)[:, None, :]  # u = row_one / (K / a) v: 1 / that on real rows, 0 on padding
+    u_all = row_one / row.sum(1).clamp(min=1).to(dtype)[:, None, None]
+    v_all = col.to(dtype)[:, None, :] / col.sum(1).clamp(min=1).to(dtype)[:, None, None]
+    state = _Batch(B, device, dtype, max_iter)
     empty = ~row.any(1) | ~col.any(1)
-    # Both products as vector-matrix bmm's, [B, 1, n] x [B, n, m]: on the CPU several times faster
-    # than einsum's (which copies the matrix) or a matrix-vector bmm; so (K / a) is kept transposed.
-    KpT = (K_all * inv_a[:, :, None]).transpose(1, 2).contiguous()
-    K, bb, rr, cc, u, v = K_all, b, row, col, u_all.clone(), v_all.clone()
+    K, KpT, bb, ro, u, v = K_all, Kp.transpose(1, 2), b[:, None, :], row_one, u_all.clone(), v_all.clone()
     if empty.any():
         keep = state.finish(empty, 0, [])
-        K, KpT, bb, rr, cc, u, v = K[keep], KpT[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
-    # POT's guard: a zero or non-finite scaling reverts to the previous ones and stops. A problem
-    # that stops so is frozen on the device (its scalings kept, its iteration noted) and leaves the
-    # batch at the next check, so the host synchronises once per check, not once per iteration.
-    stopped = torch.zeros(len(state.active), dtype=torch.bool, device=M.device)
-    stop_iter = torch.zeros(len(state.active), dtype=torch.int64, device=M.device)
+        K, Kp, bb, ro, u, v = K[keep], Kp[keep], bb[keep], ro[keep], u[keep], v[keep]
+        KpT = Kp.transpose(1, 2)
+    # POT's guard (a zero K^T u or a non-finite scaling: keep the previous scalings and stop) is
+    # read once per convergence check, from the scalings of the iterations since the last one: a
+    # zero K^T u makes v infinite, and a padding scaling turns non-finite only after a real one.
+    # Between checks an iteration is three products and two divisions.
+    err = torch.ones(len(state.active), dtype=dtype, device=device)  # the active problems' last check
+    ktu = torch.bmm(u, K)  # K^T u of the current u: the next v's denominator
+    start, us, vs = 0, [u], [v]
     for ii in range(max_iter):
-        if not len(state.active):
-            break
-        u_prev, v_prev = u, v
-        KtU = torch.bmm(u[:, None, :], K)[:, 0]
-        v = torch.where(cc, bb / torch.where(cc, KtU, 1.0), zero)
-        u = torch.where(rr, 1.0 / torch.where(rr, torch.bmm(v[:, None, :], KpT)[:, 0], 1.0), zero)
-        bad = ~stopped & (((KtU == 0) & cc).any(1) | ~torch.isfinite(u).all(1) | ~torch.isfinite(v).all(1))
-        stop_iter = torch.where(bad, ii, stop_iter)
-        stopped = stopped | bad
-        u = torch.where(stopped[:, None], u_prev, u)
-        v = torch.where(stopped[:, None], v_prev, v)
+        v = bb / ktu
+        u = ro / torch.bmm(v, KpT)
+        ktu = torch.bmm(u, K)  # the check's column sums, and the next iteration's
+        us.append(u)
+        vs.append(v)
         check, last = ii % 10 == 0, ii == max_iter - 1
         if not (check or last):
             continue
-        done = stopped
+        Su, Sv = torch.stack(us), torch.stack(vs)  # [iterations since the last check + 1, active, 1, n]
+        finite = (torch.isfinite(Su[1:]).all(3) & torch.isfinite(Sv[1:]).all(3))[:, :, 0]  # [iterations, active]
+        bad = ~finite.all(0)  # [active]: stopped on numerical errors since the last check
+        done = bad
         if check:
-            err = torch.linalg.vector_norm(torch.bmm(u[:, None, :], K)[:, 0] * v - bb, dim=1)
-            state.err[state.active] = torch.where(stopped, state.err[state.active], err)
-            done = done | (err < stop_thr)
+            now = torch.linalg.vector_norm(ktu * v - bb, dim=(1, 2))
+            err = torch.where(bad, err, now)
+            done = done | (now < stop_thr)
         if last:
             done = torch.ones_like(done)
-        if done.any():  # the check's one synchronisation
-            keep = state.finish(done, torch.where(stopped, stop_iter, ii), [(u_all, u), (v_all, v)])
-            K, KpT, bb, rr, cc, u, v = K[keep], KpT[keep], bb[keep], rr[keep], cc[keep], u[keep], v[keep]
-            stopped, stop_iter = stopped[keep], stop_iter[keep]
-    plan = u_all[:, :, None] * K_all * v_all[:, None, :]
-    return SinkhornResult(plan, u_all.log(), v_all.log(), state.n_iter, state.err, "scaling")
+        any_done, any_bad, all_done = torch.stack([done.any(), bad.any(), done.all()]).tolist()  # the one sync
+        if any_bad:
+            first = torch.argmin(finite.to(torch.uint8), 0)  # the first bad iteration
+            pick = torch.arange(len(first), device=device)
+            u = torch.where(bad[:, None, None], Su[first, pick], u)
+            v = torch.where(bad[:, None, None], Sv[first, pick], v)
+        stop = torch.where(bad, start + first, ii) if any_bad else ii
+        if all_done:
+            state.finish(None, stop, [(u_all, u), (v_all, v), (state.err, err)])
+            break
+        if any_done:
+            keep = state.finish(done, stop, [(u_all, u), (v_all, v), (state.err, err)])
+            K, Kp, bb, ro, u, v = K[keep], Kp[keep], bb[keep], ro[keep], u[keep], v[keep]
+            KpT, ktu, err = Kp.transpose(1, 2), ktu[keep], err[keep]
+        start, us, vs = ii + 1, [u], [v]
+    plan = K_all.mul_(u_all.transpose(1, 2)).mul_(v_all)  # (u K) v, in place: K is done
+    return SinkhornResult(plan, u_all[:, 0].log(), v_all[:, 0].log(), state.n_iter, state.err, "scaling")
 
 
 #: The backend's ``best_stability`` (:func:`topoot_gpu.transport.api.best_stability`): costs, this

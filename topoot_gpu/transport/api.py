@@ -65,6 +65,7 @@ from .padded import (
     packed_real_costs,
     padded_diagram_costs,
     solve_packed,
+    solve_padded,
     stability,
 )
 from .results import (
@@ -198,12 +199,14 @@ def sinkhorn(
         sizes: ``None`` (a padded batch) or ``(n_sizes, m_sizes)``, int ``[B]`` each: a packed
             batch, whose problem ``k`` has ``n_sizes[k]`` rows and ``m_sizes[k]`` columns (read on
             the host). The ``"cpp"`` backend solves each at its own size and touches nothing
-            else; the other backends solve it in classes of similar sizes, each padded to its own
-            largest problem (``padded.size_classes``: no side beyond twice a problem's larger
-            one). The result is packed the same way: ``plan [sum n_k m_k]``, ``log_u [sum n_k]``,
-            ``log_v [sum m_k]``, ``n_iter``, ``err [B]``; its values are the padded batch's real
-            entries (bit for bit with ``"cpp"``; the torch backend's vectorised reductions depend
-            on the padded width, so there equal to rounding).
+            else; the other backends solve it in groups of similar sizes, each padded to its own
+            largest problem (on a GPU ``padded.size_classes``: no side beyond twice a problem's
+            larger one; on the CPU ``padded.cache_groups``, which also split a padded batch into
+            groups whose matrices stay in cache). The result is packed the same way: ``plan [sum
+            n_k m_k]``, ``log_u [sum n_k]``, ``log_v [sum m_k]``, ``n_iter``, ``err [B]``; its
+            values are the padded batch's real entries (bit for bit with ``"cpp"``; the torch
+            backend's vectorised reductions depend on the padded width, so there equal to
+            rounding).
         return_plan: ``False``: ``result.plan`` is ``None`` and the ``"cpp"`` backend never
             allocates or writes it (the plan is ``exp(-M/reg + log_u_i + log_v_j)``).
 
@@ -247,7 +250,7 @@ def sinkhorn(
         def solve(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor) -> SinkhornResult:
             return module.sinkhorn(a, b, M, domain=domain, **solver)
 
-        result = solve_packed(solve, a, b, M, *sizes) if packed else solve(a, b, M)
+        result = solve_packed(solve, a, b, M, *sizes) if packed else solve_padded(solve, a, b, M)
         if not return_plan:
             result = dataclasses.replace(result, plan=None)
     _check_result(result, stop_thr, plan_checked=module.FUSED)
