@@ -292,22 +292,15 @@ TOPOOT_INLINE bool solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
 // sum flags it.
 template <typename T>
 TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m) {
-  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  constexpr Bits kExp = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
-  auto nonfinite = [&](T x) -> Bits {
-    Bits u;
-    std::memcpy(&u, &x, sizeof u);
-    return static_cast<Bits>((u & kExp) == kExp);
-  };
   SinkhornInputStats st;
-  Bits bad = 0;
+  unsigned bad = 0;
   bool neg = false;
   for (int64_t i = 0; i < n; ++i) {
-    bad |= nonfinite(ak[i]);
+    bad |= non_finite(ak[i]);
     st.a_ok &= !(ak[i] < 0);
   }
   for (int64_t j = 0; j < m; ++j) {
-    bad |= nonfinite(bk[j]);
+    bad |= non_finite(bk[j]);
     neg |= bk[j] < 0;
   }
   st.b_ok = !neg;
@@ -329,7 +322,7 @@ TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T
     worst = std::max(worst, w * keep);
     zero += z;
   }
-  bad |= static_cast<Bits>(!(zero == 0));
+  bad |= static_cast<unsigned>(!(zero == 0));
   st.finite = bad == 0;
   st.worst = static_cast<double>(worst);
   return st;
