@@ -93,6 +93,36 @@ def test_padding_invariance(rng, backend):
         assert torch.all(torch.isneginf(bigger.log_u[0, n:])) and torch.all(torch.isneginf(bigger.log_v[0, m:]))
 
 
+@pytest.mark.filterwarnings("ignore:sinkhorn")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", ["plain", "subnormal kernel", "auto to log"])
+def test_the_check_folded_into_the_kernel_changes_no_bit(rng, dtype, case):
+    """The "cpp" backend checks a problem with no padding while it builds its kernel (read once),
+    and a padded one first: the same problems through both orders give the same bits, including
+    when the check sends a problem back for another kernel (costs allowing subnormal entries; the
+    log domain picked by "auto")."""
+    problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(1, 1), (5, 9), (40, 23), (64, 64)]]
+    domain, reg = "scaling", 0.05
+    if case == "subnormal kernel":  # exp(-M / reg) down to about e^-900 (float32: e^-100)
+        problems = [(a, b, M / M.max() * (900 if dtype == torch.float64 else 100)) for a, b, M in problems]
+        reg = 1.0
+    if case == "auto to log":
+        problems = [(a, b, M * 400) for a, b, M in problems]
+        domain, reg = "auto", 1.0
+    for k, p in enumerate(problems):
+        dense = sinkhorn(*pad_batch([p], dtype=dtype), reg=reg, max_iter=300, domain=domain)
+        padded = sinkhorn(*pad_batch([p], dtype=dtype, pad_to=(len(p[0]) + 2, len(p[1]) + 1)), reg=reg,
+                          max_iter=300, domain=domain)  # fmt: skip
+        n, m = len(p[0]), len(p[1])
+        assert dense.domain == padded.domain == ("log" if case == "auto to log" else "scaling")
+        assert torch.equal(dense.plan[0], padded.plan[0, :n, :m]), (case, k)
+        assert torch.equal(dense.log_u[0], padded.log_u[0, :n]) and torch.equal(dense.log_v[0], padded.log_v[0, :m])
+        assert torch.equal(dense.n_iter, padded.n_iter) and torch.equal(dense.err, padded.err)
+    if case == "subnormal kernel" and dtype == torch.float64:  # the case is what it says
+        K = torch.exp(-pad_batch(problems[3:])[2] / reg)
+        assert bool(((K > 0) & (K < torch.finfo(torch.float64).tiny)).any())
+
+
 def test_backends_agree(rng):
     problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(4, 7), (50, 50), (120, 33)]]
     a, b, M = pad_batch(problems)

@@ -54,8 +54,9 @@ struct SinkhornReport {
 // null: then no plan is written (nothing of any problem's size n x m is touched but the scratch).
 // n_iter [B] is POT's log["niter"], err [B] the column-marginal error at the last check.
 //
-// The input check is folded into the solve: each problem is checked right before it is solved,
-// while its costs are in cache (one pass less over the batch in memory). With bad inputs (see
+// The input check is folded into the solve: a problem with no zero weight, in the scaling domain or
+// opt.auto_domain, is checked in the pass that builds its kernel (its costs read once); any other
+// right before it is solved, while its costs are in cache (one pass less over the batch in memory). With bad inputs (see
 // report.inputs, report.overflow) the outputs are undefined: the caller raises. With
 // opt.auto_domain each problem starts in the domain its own costs allow; if any needs the log
 // domain, those solved in the scaling domain are solved again in the log domain, so the batch
