@@ -287,9 +287,13 @@ def test_cache_groups_change_no_value(rng, monkeypatch, domain):
     for whole, grouped in ((whole_packed, sinkhorn(a, b, M, sizes=packed_sizes, **kw)),
                            (whole_padded, sinkhorn(Pa, Pb, PM, **kw))):  # fmt: skip
         assert torch.equal(grouped.n_iter, whole.n_iter)
-        for x, y in ((grouped.plan, whole.plan), (grouped.log_u, whole.log_u), (grouped.log_v, whole.log_v)):
+        # Rounding of the reductions, which group terms by the padded width: plans to 1e-12 relative;
+        # the log scalings, O(1) numbers that may lie near 0, to 1e-12 absolute (seen: 2.7e-15 after
+        # 170 log-domain iterations, 4.5e-12 relative on a log_u of 6e-4).
+        assert torch.allclose(grouped.plan, whole.plan, rtol=1e-12, atol=1e-15)
+        for x, y in ((grouped.log_u, whole.log_u), (grouped.log_v, whole.log_v)):
             assert torch.equal(torch.isneginf(x), torch.isneginf(y))
-            assert torch.allclose(x, y, rtol=1e-12, atol=1e-15)
+            assert torch.allclose(x, y, rtol=0, atol=1e-12)
     grouped = sinkhorn(Pa, Pb, PM, **kw)
     for k, (ak, bk, _) in enumerate(problems):
         n, m = len(ak), len(bk)
