@@ -313,12 +313,35 @@ TOPOOT_INLINE bool solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
   return solve_built(s, m, opt, Pk, luk, lvk, niter, errk);
 }
 
+// Whether a problem's check lets it be solved: finite inputs, non-negative weights, max |M| / reg
+// within T.
+template <typename T>
+bool check_passes(const SinkhornInputStats& st, double reg) {
+  return st.finite && st.a_ok && st.b_ok && st.worst / reg < static_cast<double>(std::numeric_limits<T>::max());
+}
+
+// The domain a problem starts in: with opt.auto_domain the scaling domain while its max |M| / reg is
+// at most opt.scaling_limit, else the one asked for.
+inline bool starts_in_log(const SinkhornOptions& opt, double worst) {
+  return opt.auto_domain ? worst / opt.reg > opt.scaling_limit : opt.log_domain;
+}
+
+// The options one problem is solved with: its domain, and its kernel's flavour from its max |M|.
+template <typename T>
+SinkhornOptions problem_options(const SinkhornOptions& opt, double worst, bool log_domain) {
+  SinkhornOptions o = opt;
+  o.log_domain = log_domain;
+  o.subnormal_kernel = sinkhorn_kernel_may_be_subnormal(worst, opt.reg, sizeof(T) == 4);
+  return o;
+}
+
 // A problem whose every weight is positive (no padding), in the scaling domain or with the domain
 // picked from its costs (opt.auto_domain): its input check made in the same pass that builds its
 // scaling-domain kernel, so its costs are read once (a batch of 64 256 x 256 problems from memory,
-// one thread: 347 us a problem against 360 with the check as a pass of its own). The kernel is built for the common case (no subnormal entry) and built again
-// when the check rules otherwise (log domain, or max |M| / reg allowing subnormal entries): the
-// same kernel the check-first order builds. Returns the check; solves only when it passes (then
+// one thread: 347 us a problem against 360 with the check as a pass of its own). The kernel is
+// built for the common case (no subnormal entry) and built again when the check rules otherwise
+// (log domain, or max |M| / reg allowing subnormal entries): the same kernel the check-first order
+// builds. Returns the check; solves only when it passes (then
 // log_domain tells the domain that ran and finite whether the plan is).
 template <typename T>
 TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk,
@@ -354,11 +377,8 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   bad |= static_cast<unsigned>(!(zero == 0));
   st.finite = bad == 0;
   st.worst = static_cast<double>(worst);
-  const double ratio = st.worst / opt.reg;
-  if (!st.finite || !(ratio < static_cast<double>(std::numeric_limits<T>::max()))) return st;
-  SinkhornOptions o = opt;
-  o.log_domain = opt.auto_domain && ratio > opt.scaling_limit;
-  o.subnormal_kernel = sinkhorn_kernel_may_be_subnormal(st.worst, opt.reg, sizeof(T) == 4);
+  if (!check_passes<T>(st, opt.reg)) return st;
+  const SinkhornOptions o = problem_options<T>(opt, st.worst, starts_in_log(opt, st.worst));
   if ((o.log_domain || o.subnormal_kernel) && !build_kernel(s, Mk, m, o)) return st;
   log_domain = o.log_domain;
   finite = solve_built(s, m, o, Pk, luk, lvk, niter, errk);
@@ -522,9 +542,7 @@ SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const Sinkhorn
   std::vector<SinkhornInputStats> stats(B);
   std::vector<uint8_t> log_domain(B, 0), finite(B, 1);
   auto solve = [&](SinkhornScratch<T>& s, int64_t k, bool log) {
-    SinkhornOptions o = opt;
-    o.log_domain = log;
-    o.subnormal_kernel = sinkhorn_kernel_may_be_subnormal(stats[k].worst, opt.reg, sizeof(T) == 4);
+    const SinkhornOptions o = problem_options<T>(opt, stats[k].worst, log);
     T* Pk = plan == nullptr ? nullptr : plan + L.m_off[k];
     if constexpr (sizeof(T) == 4) {
       finite[k] = sinkhorn_problem_f32(s, a + L.a_off[k], b + L.b_off[k], M + L.m_off[k], L.n[k], L.m[k], o, Pk,
@@ -561,10 +579,8 @@ SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const Sinkhorn
     }
     stats[k] = check_one(a, b, M, L, k);
     poll();
-    const SinkhornInputStats& st = stats[k];
-    const double ratio = st.worst / reg;
-    if (!st.finite || !st.a_ok || !st.b_ok || !(ratio < static_cast<double>(std::numeric_limits<T>::max()))) return;
-    solve(s, k, opt.auto_domain ? ratio > opt.scaling_limit : opt.log_domain);
+    if (!check_passes<T>(stats[k], reg)) return;
+    solve(s, k, starts_in_log(opt, stats[k].worst));
     poll();  // throws here, outside the clones, if the call was cancelled
   });
   SinkhornReport report;
