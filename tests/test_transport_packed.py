@@ -369,3 +369,50 @@ def test_kept_scratch_changes_no_result(rng):
         t.join()
     for got in (kept, *both):
         assert all(torch.equal(x, y) for x, y in zip(fresh, got))
+
+
+def _band(rng, n):
+    """Points along the diagonal, as a raw-noise map's diagrams lie: the largest distance is between
+    the band's ends, so the C++ scan for it skips most rows."""
+    low = rng.random(n) * 0.9
+    return np.stack([low, low + 0.1 * rng.random(n)], 1)
+
+
+@pytest.mark.parametrize("kind", ["band", "random", "quantised"])
+def test_cpp_best_stability_equals_numpy_costs_through_sinkhorn(rng, kind):
+    # The C++ best_stability (no cost matrix: the largest distance by a pruned scan, the solver's
+    # first K^T u summed while K is built, 1 + r as the stabilities' divisor) against the released
+    # formulas written out with numpy (correctly rounded sqrt), the public sinkhorn on those costs,
+    # and S and each point's first maximum in numpy: the same bits.
+    from topoot_gpu import best_stability
+
+    def points(n):
+        if kind == "band":
+            return _band(rng, n)
+        pts = np.sort(rng.random((n, 2)), 1)
+        return np.round(pts * 8) / 8 if kind == "quantised" else pts  # quantised: tied costs and S
+
+    sizes_p, sizes_q = [1, 37, 260, 6], [3, 41, 240, 1]
+    Ps, Qs = [points(n) for n in sizes_p], [points(m) for m in sizes_q]
+    got = best_stability(
+        torch.from_numpy(np.concatenate(Ps)), torch.tensor(sizes_p), torch.from_numpy(np.concatenate(Qs)),
+        torch.tensor(sizes_q), reg=0.3, max_iter=2000, stop_thr=1e-9, num_threads=2,
+    )  # fmt: skip
+    po = qo = 0
+    for k, (P, Q) in enumerate(zip(Ps, Qs)):
+        n, m = len(P), len(Q)
+        dl, dh = P[:, None, 0] - Q[None, :, 0], P[:, None, 1] - Q[None, :, 1]
+        d2 = dl * dl + dh * dh
+        r = np.sqrt(d2) / (np.sqrt(d2.max()) + 1e-12)
+        M = r * r
+        res = sinkhorn(torch.full((1, n), 1 / n, dtype=torch.float64), torch.full((1, m), 1 / m, dtype=torch.float64),
+                       torch.from_numpy(M)[None], reg=0.3,
+                       max_iter=2000, stop_thr=1e-9)  # fmt: skip
+        assert int(got.n_iter[k]) == int(res.n_iter[0]), k
+        S = res.plan[0].numpy() / (1 + np.sqrt(np.maximum(M, 0)))
+        i_row, i_col = S.argmax(1), S.argmax(0)  # the first maximum
+        np.testing.assert_array_equal(got.s_row[po : po + n].numpy(), S.max(1))
+        np.testing.assert_array_equal(got.c_row[po : po + n].numpy(), M[np.arange(n), i_row])
+        np.testing.assert_array_equal(got.s_col[qo : qo + m].numpy(), S.max(0))
+        np.testing.assert_array_equal(got.c_col[qo : qo + m].numpy(), M[i_col, np.arange(m)])
+        po, qo = po + n, qo + m

@@ -57,8 +57,8 @@ class Buffer {
   size_t capacity() const { return capacity_; }
   T* data() { return data_.get(); }
   const T* data() const { return data_.get(); }
-  T& operator[](size_t i) { return data_[i]; }
-  const T& operator[](size_t i) const { return data_[i]; }
+  T& operator[](size_t i) { return data_.get()[i]; }
+  const T& operator[](size_t i) const { return data_.get()[i]; }
 
  private:
   std::unique_ptr<T, FreeScratch> data_;

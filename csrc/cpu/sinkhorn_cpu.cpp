@@ -46,6 +46,12 @@ TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+// col += x * c: K^T u of the first u, row by row (one expression for both places that sum it).
+template <typename T>
+TOPOOT_INLINE void add_scaled_row(T* col, const T* x, T c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) col[j] += x[j] * c;
+}
+
 // ||col * v - b||_2 with col = K^T u: POT's check on the plan's column sums.
 template <typename T>
 TOPOOT_INLINE T column_error(const T* col, const T* v, const T* b, int64_t mc) {
@@ -58,7 +64,8 @@ TOPOOT_INLINE T column_error(const T* col, const T* v, const T* b, int64_t mc) {
 }
 
 template <typename T>
-TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
+TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err,
+                                 const T* ktu0 = nullptr) {
   const T* K = s.K.data();
   T* u = s.u.data();
   T* v = s.v.data();
@@ -68,10 +75,11 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
   for (int64_t j = 0; j < mc; ++j) v[j] = T(1) / static_cast<T>(mc);
   T* ktu = s.col.data();  // K^T u of the current u
   T* next = s.mx.data();  // K^T u of the u being computed
-  for (int64_t j = 0; j < mc; ++j) ktu[j] = 0;
-  for (int64_t i = 0; i < nr; ++i) {
-    const T* Ki = K + i * mc;
-    for (int64_t j = 0; j < mc; ++j) ktu[j] += Ki[j] * u[i];
+  if (ktu0) {  // K^T u of the first u, summed as K was built (sinkhorn_kernel_row_f64)
+    std::copy(ktu0, ktu0 + mc, ktu);
+  } else {
+    for (int64_t j = 0; j < mc; ++j) ktu[j] = 0;
+    for (int64_t i = 0; i < nr; ++i) add_scaled_row(ktu, K + i * mc, u[i], mc);
   }
   int64_t ii = 0;
   for (int64_t work = 0; ii < opt.max_iter; ++ii) {
@@ -499,8 +507,9 @@ SinkhornInputStats merged(const std::vector<SinkhornInputStats>& per) {
 }  // namespace
 
 TOPOOT_TARGET_CLONES_WIDE void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain,
-                                                       bool subnormal, double* K) {
+                                                       bool subnormal, double* K, double* ktu, double u0) {
   kernel_row(M, m, reg, log_domain, subnormal, K);
+  if (ktu) add_scaled_row(ktu, K, u0, m);
 }
 
 // Every M / -reg >= (worst / -reg), rounded alike (division is monotonic), is then >= the low end
@@ -512,7 +521,7 @@ bool sinkhorn_kernel_may_be_subnormal(double worst, double reg, bool f32) {
 
 TOPOOT_TARGET_CLONES_WIDE void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b,
                                                  int64_t n, int64_t m, const SinkhornOptions& opt, int64_t& niter,
-                                                 double& err) {
+                                                 double& err, const double* ktu0) {
   s.rows.resize(n);
   s.cols.resize(m);
   for (int64_t i = 0; i < n; ++i) s.rows[i] = i;
@@ -526,7 +535,7 @@ TOPOOT_TARGET_CLONES_WIDE void sinkhorn_solve_kernel_f64(SinkhornScratch<double>
   if (opt.log_domain) {
     solve_log(s, n, m, opt, niter, err);
   } else {
-    solve_scaling(s, n, m, opt, niter, err);
+    solve_scaling(s, n, m, opt, niter, err, ktu0);
   }
 }
 

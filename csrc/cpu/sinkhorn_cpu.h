@@ -84,9 +84,15 @@ struct SinkhornScratch {
 // into the row K [m] of the solver's matrix (what sinkhorn_batch would put there); once
 // s.K [n, m] is filled, sinkhorn_solve_kernel_f64 iterates (all weights a [n], b [m] positive).
 // Same iterates, n_iter and err as sinkhorn_batch on that problem.
-void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, bool subnormal, double* K);
+//
+// In the scaling domain the solver starts from K^T u with u = 1 / n, one more pass over K; a caller
+// may sum it while K is built instead: ktu [m] zeroed, each row built with ktu and u0 = 1.0 / n
+// (rows in order), then ktu given to sinkhorn_solve_kernel_f64 (the same sums, the same bits).
+// nullptr: not summed / summed by the solver.
+void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, bool subnormal, double* K,
+                             double* ktu, double u0);
 void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
-                               const SinkhornOptions& opt, int64_t& n_iter, double& err);
+                               const SinkhornOptions& opt, int64_t& n_iter, double& err, const double* ktu0);
 
 // Whether exp(-M / reg) may be subnormal for some |M| <= worst (see subnormal_kernel).
 bool sinkhorn_kernel_may_be_subnormal(double worst, double reg, bool f32);
