@@ -50,9 +50,9 @@ struct StabilityScratch {
   std::vector<int64_t> order;
 };
 
-// Costs are never stored: each row is computed from the points when it is needed (three times:
-// the largest cost, the solver's matrix, the stabilities), always by the same expressions, so the
-// same bits as a stored matrix. Only the solver's matrix K [n(+1), m(+1)] is held: a 10k x 10k
+// Costs are never stored: each row is computed from the points when it is needed (for the largest
+// cost, only the rows that can hold it; then the solver's matrix and the stabilities), always by
+// the same expressions, so the same bits as a stored matrix. Only the solver's matrix K [n(+1), m(+1)] is held: a 10k x 10k
 // problem of a raw-noise map needs 800 MB for it, not 3.2 GB for costs, K, plan and their copies.
 //
 // The costs and stabilities are square roots, quotients and products, each correctly rounded, and
