@@ -416,3 +416,38 @@ def test_cpp_best_stability_equals_numpy_costs_through_sinkhorn(rng, kind):
         np.testing.assert_array_equal(got.s_col[qo : qo + m].numpy(), S.max(0))
         np.testing.assert_array_equal(got.c_col[qo : qo + m].numpy(), M[i_col, np.arange(m)])
         po, qo = po + n, qo + m
+
+
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+def test_every_padded_plan_entry_is_written(rng, domain):
+    # The C++ backend zeroes only the padding when a problem's real rows and columns come first and
+    # writes its real block in place; otherwise it zeroes the whole problem and scatters the real
+    # entries. Either way every entry is written: freed NaN memory of the plan's size (reused by the
+    # next allocation where glibc keeps freed blocks) must not show through, and each problem's
+    # real entries are its own solve's.
+    import topoot_gpu
+
+    n = m = 12
+    a = torch.zeros(5, n, dtype=torch.float64)
+    b = torch.zeros(5, m, dtype=torch.float64)
+    real_rows = [range(7), [0, 2, 3, 8, 11], range(n), [], range(4)]
+    real_cols = [range(5), [1, 2, 6, 7], range(m), range(3), [0, 3, 9]]
+    for k, (rows, cols) in enumerate(zip(real_rows, real_cols)):
+        a[k, list(rows)] = torch.from_numpy(rng.random(len(rows)) + 0.1)
+        b[k, list(cols)] = torch.from_numpy(rng.random(len(cols)) + 0.1)
+        if len(rows) and len(cols):
+            a[k] /= a[k].sum()
+            b[k] /= b[k].sum()
+    M = torch.from_numpy(rng.random((5, n, m)))
+    topoot_gpu.keep_freed_memory()
+    garbage = np.full(5 * n * m, np.nan)
+    del garbage
+    got = sinkhorn(a, b, M, reg=0.3, domain=domain, num_threads=1)
+    for k, (rows, cols) in enumerate(zip(real_rows, real_cols)):
+        rows, cols = list(rows), list(cols)
+        pad = torch.ones(n, m, dtype=torch.bool)
+        pad[np.ix_(rows, cols)] = False
+        assert torch.all(got.plan[k][pad] == 0), k
+        if rows and cols:
+            alone = sinkhorn(a[k, rows][None], b[k, cols][None], M[k][np.ix_(rows, cols)][None], reg=0.3, domain=domain)
+            assert torch.equal(got.plan[k][np.ix_(rows, cols)], alone.plan[0]), k

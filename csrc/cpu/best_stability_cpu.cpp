@@ -52,8 +52,9 @@ struct StabilityScratch {
 
 // Costs are never stored: each row is computed from the points when it is needed (for the largest
 // cost, only the rows that can hold it; then the solver's matrix and the stabilities), always by
-// the same expressions, so the same bits as a stored matrix. Only the solver's matrix K [n(+1), m(+1)] is held: a 10k x 10k
-// problem of a raw-noise map needs 800 MB for it, not 3.2 GB for costs, K, plan and their copies.
+// the same expressions, so the same bits as a stored matrix. Only the solver's matrix
+// K [n(+1), m(+1)] is held: a 10k x 10k problem of a raw-noise map needs 800 MB for it, not 3.2 GB
+// for costs, K, plan and their copies.
 //
 // The costs and stabilities are square roots, quotients and products, each correctly rounded, and
 // this file is compiled without floating-point contraction (CMakeLists.txt), so the AVX-512 and
@@ -86,7 +87,7 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
       // same correctly rounded steps as d2: fl(p - x) is monotone in x, so |dl| is largest at an
       // end of Q's low range (|dh| likewise), and fl(x * x) and fl(x + y) are monotone in |x| and
       // in each term. On a raw-noise map's diagrams (bands along the diagonal) only rows near the
-      // band's ends are scanned, where every row of 10^4 was (a fifth of this function's time).
+      // band's ends are scanned, where every row of 10^4 was (an eighth of this function's time).
       s.bound.resize(n);
       s.order.resize(n);
       double ql0 = Qk[0], ql1 = Qk[0], qh0 = Qk[1], qh1 = Qk[1];

@@ -64,8 +64,8 @@ TOPOOT_INLINE T column_error(const T* col, const T* v, const T* b, int64_t mc) {
 }
 
 template <typename T>
-TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err,
-                                 const T* ktu0 = nullptr) {
+TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt,
+                                 int64_t& niter, T& err, const T* ktu0 = nullptr) {
   const T* K = s.K.data();
   T* u = s.u.data();
   T* v = s.v.data();
@@ -221,6 +221,15 @@ TOPOOT_INLINE T plan_row(const SinkhornScratch<T>& s, bool log_domain, int64_t i
 // A problem's real rows and columns into the scratch (a > 0, b > 0), its padding's outputs written
 // (plan 0, log scalings -inf), the scratch sized. Returns false when nothing is to be solved (no
 // real row or column: a zero plan) or the call was cancelled.
+// Whether a problem's real rows and columns are its first ones (the padding, if any, at the end):
+// then its compact plan rows are the first entries of its padded rows. Rows and columns are
+// listed in increasing order, so the last one tells.
+template <typename T>
+TOPOOT_INLINE bool real_block_leads(const SinkhornScratch<T>& s) {
+  const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
+  return (nr == 0 || s.rows[nr - 1] == nr - 1) && (mc == 0 || s.cols[mc - 1] == mc - 1);
+}
+
 template <typename T>
 TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, int64_t n, int64_t m, T* Pk,
                                    T* luk, T* lvk) {
@@ -239,10 +248,13 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
     std::fill(luk, luk + n, neg_inf);
     std::fill(lvk, lvk + m, neg_inf);
     if (Pk != nullptr) {
+      // With the padding at the end (padded_diagram_costs' layout), solve_built writes the real
+      // block in place: only the padding is zeroed here, not every entry twice.
+      const int64_t skip = real_block_leads(s) && mc > 0 ? mc : 0;
       const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
       for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
         if (i % poll_fill == 0 && interrupted()) return false;  // target_clones: no throw here (parallel.h)
-        std::fill(Pk + i * m, Pk + (i + 1) * m, T(0));
+        std::fill(Pk + i * m + (i < nr ? skip : 0), Pk + (i + 1) * m, T(0));
       }
     }
   }
@@ -297,10 +309,11 @@ TOPOOT_INLINE bool solve_built(SinkhornScratch<T>& s, int64_t m, const SinkhornO
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   T zero = 0;
   std::vector<T>& row = s.mx;  // a scattered row's compact values (mx is free after the solve)
+  const bool in_place = mc == m || real_block_leads(s);
   for (int64_t i = 0; i < nr; ++i) {
     if (i % poll_rows == 0 && interrupted()) return true;
     T* out = Pk + s.rows[i] * m;
-    if (mc == m) {
+    if (in_place) {
       zero += plan_row(s, opt.log_domain, i, out);
     } else {
       zero += plan_row(s, opt.log_domain, i, row.data());
