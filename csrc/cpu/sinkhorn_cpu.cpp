@@ -218,9 +218,6 @@ TOPOOT_INLINE T plan_row(const SinkhornScratch<T>& s, bool log_domain, int64_t i
   return z;
 }
 
-// A problem's real rows and columns into the scratch (a > 0, b > 0), its padding's outputs written
-// (plan 0, log scalings -inf), the scratch sized. Returns false when nothing is to be solved (no
-// real row or column: a zero plan) or the call was cancelled.
 // Whether a problem's real rows and columns are its first ones (the padding, if any, at the end):
 // then its compact plan rows are the first entries of its padded rows. Rows and columns are
 // listed in increasing order, so the last one tells.
@@ -230,6 +227,9 @@ TOPOOT_INLINE bool real_block_leads(const SinkhornScratch<T>& s) {
   return (nr == 0 || s.rows[nr - 1] == nr - 1) && (mc == 0 || s.cols[mc - 1] == mc - 1);
 }
 
+// A problem's real rows and columns into the scratch (a > 0, b > 0), its padding's outputs written
+// (plan 0, log scalings -inf), the scratch sized. Returns false when nothing is to be solved (no
+// real row or column: a zero plan) or the call was cancelled.
 template <typename T>
 TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, int64_t n, int64_t m, T* Pk,
                                    T* luk, T* lvk) {
@@ -248,7 +248,7 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
     std::fill(luk, luk + n, neg_inf);
     std::fill(lvk, lvk + m, neg_inf);
     if (Pk != nullptr) {
-      // With the padding at the end (padded_diagram_costs' layout), solve_built writes the real
+      // With the padding at the end (the layout diagram_costs gives), solve_built writes the real
       // block in place: only the padding is zeroed here, not every entry twice.
       const int64_t skip = real_block_leads(s) && mc > 0 ? mc : 0;
       const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
