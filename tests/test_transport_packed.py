@@ -371,13 +371,6 @@ def test_kept_scratch_changes_no_result(rng):
         assert all(torch.equal(x, y) for x, y in zip(fresh, got))
 
 
-def _band(rng, n):
-    """Points along the diagonal, as a raw-noise map's diagrams lie: the largest distance is between
-    the band's ends, so the C++ scan for it skips most rows."""
-    low = rng.random(n) * 0.9
-    return np.stack([low, low + 0.1 * rng.random(n)], 1)
-
-
 @pytest.mark.parametrize("kind", ["band", "random", "quantised"])
 def test_cpp_best_stability_equals_numpy_costs_through_sinkhorn(rng, kind):
     # The C++ best_stability (no cost matrix: the largest distance by a pruned scan, the solver's
@@ -387,8 +380,9 @@ def test_cpp_best_stability_equals_numpy_costs_through_sinkhorn(rng, kind):
     from topoot_gpu import best_stability
 
     def points(n):
-        if kind == "band":
-            return _band(rng, n)
+        if kind == "band":  # along the diagonal, as raw-noise diagrams lie: the scan skips most rows
+            low = rng.random(n) * 0.9
+            return np.stack([low, low + 0.1 * rng.random(n)], 1)
         pts = np.sort(rng.random((n, 2)), 1)
         return np.round(pts * 8) / 8 if kind == "quantised" else pts  # quantised: tied costs and S
 
@@ -405,9 +399,8 @@ def test_cpp_best_stability_equals_numpy_costs_through_sinkhorn(rng, kind):
         d2 = dl * dl + dh * dh
         r = np.sqrt(d2) / (np.sqrt(d2.max()) + 1e-12)
         M = r * r
-        res = sinkhorn(torch.full((1, n), 1 / n, dtype=torch.float64), torch.full((1, m), 1 / m, dtype=torch.float64),
-                       torch.from_numpy(M)[None], reg=0.3,
-                       max_iter=2000, stop_thr=1e-9)  # fmt: skip
+        a, b = torch.full((1, n), 1 / n, dtype=torch.float64), torch.full((1, m), 1 / m, dtype=torch.float64)
+        res = sinkhorn(a, b, torch.from_numpy(M)[None], reg=0.3, max_iter=2000, stop_thr=1e-9)
         assert int(got.n_iter[k]) == int(res.n_iter[0]), k
         S = res.plan[0].numpy() / (1 + np.sqrt(np.maximum(M, 0)))
         i_row, i_col = S.argmax(1), S.argmax(0)  # the first maximum

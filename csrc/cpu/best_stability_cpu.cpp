@@ -142,17 +142,10 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
       if (diagonal) {
         out[m] = (ph - pl) * (ph - pl) / 2;
       } else {
-        if (root) {
-          for (int64_t j = 0; j < m; ++j) {
-            const double r = std::sqrt(out[j]) / scale;
-            root[j] = r;
-            out[j] = r * r;
-          }
-        } else {
-          for (int64_t j = 0; j < m; ++j) {
-            const double r = std::sqrt(out[j]) / scale;
-            out[j] = r * r;
-          }
+        for (int64_t j = 0; j < m; ++j) {
+          const double r = std::sqrt(out[j]) / scale;
+          if (root) root[j] = r;  // the same for every j: the compiler takes it out of the loop
+          out[j] = r * r;
         }
       }
     };

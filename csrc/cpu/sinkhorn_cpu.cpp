@@ -126,7 +126,8 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
 }
 
 template <typename T>
-TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter, T& err) {
+TOPOOT_INLINE void solve_log(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt, int64_t& niter,
+                             T& err) {
   const T* Mr = s.K.data();  // holds -M / reg in the log domain
   T* u = s.u.data();
   T* v = s.v.data();
@@ -250,7 +251,7 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
     if (Pk != nullptr) {
       // With the padding at the end (the layout diagram_costs gives), solve_built writes the real
       // block in place: only the padding is zeroed here, not every entry twice.
-      const int64_t skip = real_block_leads(s) && mc > 0 ? mc : 0;
+      const int64_t skip = real_block_leads(s) ? mc : 0;
       const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
       for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
         if (i % poll_fill == 0 && interrupted()) return false;  // target_clones: no throw here (parallel.h)

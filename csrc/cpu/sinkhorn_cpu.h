@@ -57,8 +57,8 @@ struct SinkhornReport {
 // The input check is folded into the solve: a problem with no zero weight, in the scaling domain or
 // opt.auto_domain, is checked in the pass that builds its kernel (its costs read once); any other
 // right before it is solved, while its costs are in cache (one pass less over the batch in
-// memory). With bad inputs (see report.inputs, report.overflow) the outputs are undefined: the caller raises. With
-// opt.auto_domain each problem starts in the domain its own costs allow; if any needs the log
+// memory). With bad inputs (see report.inputs, report.overflow) the outputs are undefined: the
+// caller raises. With opt.auto_domain each problem starts in the domain its own costs allow; if any needs the log
 // domain, those solved in the scaling domain are solved again in the log domain, so the batch
 // follows the one rule.
 template <typename T>
