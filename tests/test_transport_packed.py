@@ -411,6 +411,33 @@ def test_cpp_best_stability_equals_numpy_costs_through_sinkhorn(rng, kind):
         po, qo = po + n, qo + m
 
 
+@pytest.mark.parametrize("cost", ["normalized", "diagonal"])
+def test_cpp_best_stability_reads_the_same_rows_from_the_solvers_last_pass(rng, cost):
+    # The C++ best_stability takes each plan row from the solver's pass that stops it, as the pass
+    # computes it, when its check is expected to stop the solve (the column errors of the two
+    # iterations before, extrapolated); else it reads the plan after the solve. offer_margin=0 never
+    # offers a pass (the plan read after the solve), inf offers every check after the first (passes
+    # that do not stop: their rows dropped, the column bests started again), 1 is the rule. The
+    # three give the same bits (and margin 1 is checked against numpy above).
+    from topoot_gpu import _C
+    from topoot_gpu.transport.results import SCALING_LIMIT
+
+    sizes_p, sizes_q = [1, 37, 150, 6, 90, 0], [3, 41, 120, 1, 110, 5]
+    P = np.concatenate([np.sort(rng.random((n, 2)), 1) for n in sizes_p])
+    Q = np.concatenate([np.sort(rng.random((m, 2)), 1) for m in sizes_q])
+    P[: sizes_p[0] + sizes_p[1]] = np.round(P[: sizes_p[0] + sizes_p[1]] * 8) / 8  # ties
+    p_off, q_off = (np.concatenate([[0], np.cumsum(s)]).astype(np.int64) for s in (sizes_p, sizes_q))
+    longest = 0
+    for reg in (0.3, 0.05):
+        args = (P, p_off, Q, q_off, cost == "diagonal", reg, 3000, 1e-9, SCALING_LIMIT[torch.float64], 2)
+        runs = [_C.best_stability(*args, offer_margin=margin) for margin in (0.0, 1.0, float("inf"))]
+        longest = max(longest, int(runs[0][4].max()))
+        for other in runs[1:]:
+            for x, y in zip(runs[0], other):
+                np.testing.assert_array_equal(x, y)
+    assert longest >= 20  # so at margin inf some passes were offered and did not stop
+
+
 @pytest.mark.parametrize("domain", ["scaling", "log"])
 def test_every_padded_plan_entry_is_written(rng, domain):
     # The C++ backend zeroes only the padding when a problem's real rows and columns come first and

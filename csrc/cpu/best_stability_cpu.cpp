@@ -44,6 +44,115 @@ TOPOOT_INLINE int64_t first_equal(const double* x, int64_t n, double value) {
   return n;
 }
 
+// The released costs from a row of squared distances d2, in place: r = sqrt(d2) / scale, written
+// to root (when given) and squared into out. Through Divisor (Fused) r has the division's bits:
+// sqrt(d2) <= dmax < scale, so r <= 1 never overflows, and a subnormal r (r < 2^-1022) squares to 0
+// and leaves 1 + r = 1 either way (root's only use).
+template <bool Fused>
+TOPOOT_INLINE void normalize_row(double* out, double* root, int64_t m, const Divisor<double>& by_scale) {
+  for (int64_t j = 0; j < m; ++j) {
+    const double d = std::sqrt(out[j]);
+    const double r = Fused ? by_scale.divide(d) : d / by_scale.d;
+    if (root) root[j] = r;  // the same for every j: the compiler takes it out of the loop
+    out[j] = r * r;
+  }
+}
+
+// One problem's points and outputs, and the row buffers of its stabilities (m(+1) entries each).
+struct StabilityRows {
+  const double* P;
+  int64_t n;
+  const double* Q;
+  int64_t m;
+  bool diagonal;
+  Divisor<double> by_scale;  // dmax + 1e-12; not fused where it is infinite (then 1 / it is 0)
+  double *sr, *cr, *sc, *cc;
+  double *cost, *root, *S;
+};
+
+// Row i of the costs, m(+1) entries; with the diagonal (paper text), an extra last column (the
+// point's distance to the diagonal) and an extra last row (the other side's, then 0).
+// With root, the normalized case also writes r = sqrt(d2) / scale, the root of the cost r * r:
+// sqrt(fl(r * r)) == r for every r >= 0 whose square does not underflow (binary floating point,
+// round to nearest), and where it underflows (r < 2^-511) 1 + r and 1 + sqrt(fl(r * r)) both
+// round to 1; NaN and inf go through both alike. So 1 + r is the stability's divisor, bit for
+// bit, and the stabilities take one square root per entry instead of two.
+TOPOOT_INLINE void cost_row(const StabilityRows& p, int64_t i, double* out, double* root) {
+  const double *Pk = p.P, *Qk = p.Q;
+  const int64_t m = p.m;
+  if (i == p.n) {
+    for (int64_t j = 0; j < m; ++j) out[j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
+    out[m] = 0;  // diagonal to diagonal
+    return;
+  }
+  const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
+  for (int64_t j = 0; j < m; ++j) {
+    const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
+    out[j] = dl * dl + dh * dh;
+  }
+  if (p.diagonal) {
+    out[m] = (ph - pl) * (ph - pl) / 2;
+  } else if (p.by_scale.fused) {
+    normalize_row<true>(out, root, m, p.by_scale);
+  } else {
+    normalize_row<false>(out, root, m, p.by_scale);
+  }
+}
+
+// Before the first row of stabilities: no column has a best yet (a column whose S are all NaN
+// keeps S = -1 and C = NaN).
+TOPOOT_INLINE void begin_stabilities(StabilityRows& p) {
+  for (int64_t j = 0; j < p.m; ++j) {
+    p.sc[j] = -1;
+    p.cc[j] = std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
+// Row i (< n) of the stabilities S = plan / (1 + sqrt(max(M, 0))), its plan row in p.S: its best
+// is the first maximum, as argmax (strictly greater from -1, so a NaN never wins), and the
+// columns' bests are updated (rows in order: the first maximum of each column too). Each step is a
+// loop the compiler vectorises: the row's S, its maximum, the first index holding it, the columns'.
+TOPOOT_INLINE void stabilities_of_row(StabilityRows& p, int64_t i) {
+  const int64_t m = p.m;
+  double *S = p.S, *row = p.cost, *root = p.root, *sc = p.sc, *cc = p.cc;
+  cost_row(p, i, row, root);
+  if (p.diagonal) {
+    for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + std::sqrt(std::max(row[j], 0.0)));
+  } else {  // sqrt(M) is the r that M = r * r came from (cost_row)
+    for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + root[j]);
+  }
+  const double best = max_of(S, m, -1.0);
+  p.sr[i] = best;
+  const int64_t at = first_equal(S, m, best);  // m where every S is NaN: then C = NaN
+  p.cr[i] = at < m ? row[at] : std::numeric_limits<double>::quiet_NaN();
+  for (int64_t j = 0; j < m; ++j) {
+    const bool better = S[j] > sc[j];
+    cc[j] = better ? row[j] : cc[j];
+    sc[j] = better ? S[j] : sc[j];
+  }
+}
+
+// The solver's offered rows (SinkhornRowSink) through the clones below: the sink's own methods are
+// built for the baseline target.
+TOPOOT_TARGET_CLONES_EXACT void begin_offered(StabilityRows& p) { begin_stabilities(p); }
+
+// The plan row u_i K_ij v_j as sinkhorn_plan_row_f64 computes it (the same products, in the same
+// order), then its stabilities; the diagonal's extra row has none.
+TOPOOT_TARGET_CLONES_EXACT void offered_row(StabilityRows& p, int64_t i, double ui, const double* Ki,
+                                             const double* v) {
+  if (i >= p.n) return;
+  const int64_t mc = p.diagonal ? p.m + 1 : p.m;
+  for (int64_t j = 0; j < mc; ++j) p.S[j] = ui * Ki[j] * v[j];
+  stabilities_of_row(p, i);
+}
+
+struct StabilitySink final : SinkhornRowSink {
+  explicit StabilitySink(StabilityRows& rows) : p(rows) {}
+  void begin() override { begin_offered(p); }
+  void row(int64_t i, double u_i, const double* K_i, const double* v) override { offered_row(p, i, u_i, K_i, v); }
+  StabilityRows& p;
+};
+
 struct StabilityScratch {
   SinkhornScratch<double> solver;
   std::vector<double> wa, wb, cost_row, plan_row, root_row, bound, ktu;
@@ -121,39 +230,15 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
       dmax = std::sqrt(d2max);
     }
     const double scale = dmax + 1e-12;
-    // Row i of the costs, m(+1) entries; with the diagonal (paper text), an extra last column (the
-    // point's distance to the diagonal) and an extra last row (the other side's, then 0).
-    // With root, the normalized case also writes r = sqrt(d2) / scale, the root of the cost r * r:
-    // sqrt(fl(r * r)) == r for every r >= 0 whose square does not underflow (binary floating point,
-    // round to nearest), and where it underflows (r < 2^-511) 1 + r and 1 + sqrt(fl(r * r)) both
-    // round to 1; NaN and inf go through both alike. So 1 + r is the stability's divisor, bit for
-    // bit, and the stabilities take one square root per entry instead of two.
-    auto costs = [&](int64_t i, double* out, double* root) {
-      if (i == n) {
-        for (int64_t j = 0; j < m; ++j) out[j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
-        out[m] = 0;  // diagonal to diagonal
-        return;
-      }
-      const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
-      for (int64_t j = 0; j < m; ++j) {
-        const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
-        out[j] = dl * dl + dh * dh;
-      }
-      if (diagonal) {
-        out[m] = (ph - pl) * (ph - pl) / 2;
-      } else {
-        for (int64_t j = 0; j < m; ++j) {
-          const double r = std::sqrt(out[j]) / scale;
-          if (root) root[j] = r;  // the same for every j: the compiler takes it out of the loop
-          out[j] = r * r;
-        }
-      }
-    };
+    s.root_row.resize(mc);
+    s.plan_row.resize(mc);
+    StabilityRows rows{Pk, n, Qk, m, diagonal, Divisor<double>(scale), sr, cr, sc, cc, row,
+                       s.root_row.data(), s.plan_row.data()};
     double worst = 0;  // max |M|: every cost is >= 0
     if (diagonal) {
       for (int64_t i = 0; i < nr; ++i) {
         if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-        costs(i, row, nullptr);
+        cost_row(rows, i, row, nullptr);
         worst = max_of(row, mc, worst);
       }
       s.wa.assign(nr, 1.0 / static_cast<double>(n + m));
@@ -175,41 +260,23 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     double* ktu = o.log_domain ? nullptr : s.ktu.data();
     for (int64_t i = 0; i < nr; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-      costs(i, row, nullptr);
+      cost_row(rows, i, row, nullptr);
       sinkhorn_kernel_row_f64(row, mc, opt.reg, o.log_domain, o.subnormal_kernel, s.solver.K.data() + i * mc, ktu,
                               1.0 / static_cast<double>(nr));
     }
     // Every weight is positive, so the solver's problem is this one: the plan is read row by row
-    // from its scalings and never stored.
+    // from its scalings and never stored; in the scaling domain the solver's last pass hands its rows
+    // over as it computes them (StabilitySink), when it expects to stop there.
     double err = 0;
-    sinkhorn_solve_kernel_f64(s.solver, s.wa.data(), s.wb.data(), nr, mc, o, n_iter, err, ktu);
-    if (interrupted()) return;
-    // Stabilities S = plan / (1 + sqrt(max(M, 0))), row by row; each point's best is the first
-    // maximum, as argmax (strictly greater from -1, so a NaN never wins). Each step is a loop the
-    // compiler vectorises: the row's S, its maximum, the first index holding it, the columns'.
-    s.plan_row.resize(mc);
-    double* S = s.plan_row.data();
-    s.root_row.resize(mc);
-    double* root = s.root_row.data();
-    for (int64_t j = 0; j < m; ++j) sc[j] = -1;
+    bool sunk = false;
+    StabilitySink sink(rows);
+    sinkhorn_solve_kernel_f64(s.solver, s.wa.data(), s.wb.data(), nr, mc, o, n_iter, err, ktu, &sink, &sunk);
+    if (interrupted() || sunk) return;
+    begin_stabilities(rows);
     for (int64_t i = 0; i < n; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-      costs(i, row, root);
-      sinkhorn_plan_row_f64(s.solver, o.log_domain, i, S);
-      if (diagonal) {
-        for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + std::sqrt(std::max(row[j], 0.0)));
-      } else {  // sqrt(M) is the r that M = r * r came from (costs)
-        for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + root[j]);
-      }
-      const double best = max_of(S, m, -1.0);
-      sr[i] = best;
-      const int64_t at = first_equal(S, m, best);
-      if (at < m) cr[i] = row[at];
-      for (int64_t j = 0; j < m; ++j) {
-        const bool better = S[j] > sc[j];
-        cc[j] = better ? row[j] : cc[j];
-        sc[j] = better ? S[j] : sc[j];
-      }
+      sinkhorn_plan_row_f64(s.solver, o.log_domain, i, rows.S);
+      stabilities_of_row(rows, i);
     }
 }
 

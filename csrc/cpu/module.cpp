@@ -163,7 +163,7 @@ py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M,
 // The selection's transport step (best_stability_cpu.h): ragged points and offsets in.
 py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, const Array<double>& Q,
                          const Array<int64_t>& q_off, bool diagonal, double reg, int64_t max_iter, double stop_thr,
-                         double scaling_limit, int num_threads) {
+                         double scaling_limit, int num_threads, double offer_margin) {
   const int64_t B = p_off.shape(0) - 1;
   if (B < 0 || q_off.shape(0) != B + 1) throw std::invalid_argument("p_off, q_off: expected B + 1 offsets each");
   const int64_t np_ = p_off.data()[B], nq = q_off.data()[B];
@@ -174,6 +174,7 @@ py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, co
   opt.reg = reg;
   opt.max_iter = max_iter;
   opt.stop_thr = stop_thr;
+  opt.offer_margin = offer_margin;
   py::array_t<double> s_row(np_), c_row(np_), s_col(nq), c_col(nq);
   py::array_t<int64_t> n_iter(B);
   {
@@ -284,7 +285,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_sizes"), py::arg("m_sizes"), py::arg("num_threads"));
   m.def("best_stability", &best_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
         py::arg("diagonal"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("scaling_limit"),
-        py::arg("num_threads"));
+        py::arg("num_threads"), py::arg("offer_margin") = 1.0);
   m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
         py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));

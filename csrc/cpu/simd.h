@@ -1,6 +1,7 @@
 // Helpers for loops the compiler should vectorise.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -10,13 +11,16 @@
 // at load time on CPUs that have it, and the baseline build.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__APPLE__)
 #define TOPOOT_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
-// For loops of comparisons and bit operations only (exact whatever the instructions, so no
-// floating-point contraction can differ between clones): an AVX-512 clone too.
-#define TOPOOT_TARGET_CLONES_EXACT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+// For loops of comparisons, bit operations and correctly rounded arithmetic only (exact whatever
+// the instructions, so no floating-point contraction can differ between clones): an AVX-512 clone
+// too. x86-64-v3 (AVX2 with FMA, as every AVX2 CPU has) so that Divisor's explicit fused
+// multiply-adds are instructions in both vector clones.
+#define TOPOOT_TARGET_CLONES_EXACT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 // Floating-point loops whose AVX-512 clone contracts to the same fused multiply-adds as the AVX2
-// one and keeps every reduction's order (explicit partial sums), so both give the same bits; only
-// the baseline build (no FMA) may differ in the last place.
-#define TOPOOT_TARGET_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+// one (x86-64-v3 has FMA; plain "avx2" has none, and its clone rounded every product apart) and
+// keeps every reduction's order (explicit partial sums), so both give the same bits; only the
+// baseline build (no FMA) may differ in the last place.
+#define TOPOOT_TARGET_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TOPOOT_TARGET_CLONES
 #define TOPOOT_TARGET_CLONES_EXACT
@@ -47,6 +51,38 @@ TOPOOT_INLINE unsigned non_finite(T x) {
   std::memcpy(&u, &x, sizeof u);
   return (u & kExp) == kExp;
 }
+
+// Whether this CPU has fused multiply-add (the baseline clones run on CPUs without AVX2, some of
+// which have it; where it is missing std::fma is a slow library call).
+inline bool cpu_has_fma() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("fma");
+  return has;
+#elif defined(__aarch64__) || defined(__FMA__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// x / d for a d fixed over a loop, correctly rounded, without a division (a vector division
+// issues several times slower than a multiply-add: a third of the time of the cost rows of a
+// raw-noise map). Markstein's correction (P. W. Markstein, IBM J. Res. Develop. 34(1), 1990): with
+// y = RN(1 / d), q = RN(x y) is within an ulp of x / d, so the residual x - q d is exact in one
+// fused multiply-add, and RN(q + (x - q d) y) = RN(x / d). It holds while y is normal and x / d is
+// finite and not subnormal; `fused` is false (the caller divides) where y is not normal or there
+// is no FMA. Where x / d underflows or overflows, divide() may differ from x / d: callers say why
+// that changes nothing they return.
+template <typename T>
+struct Divisor {
+  T d, y;
+  bool fused;
+  explicit Divisor(T divisor) : d(divisor), y(T(1) / divisor), fused(cpu_has_fma() && std::isnormal(y)) {}
+  TOPOOT_INLINE T divide(T x) const {
+    const T q = x * y;
+    return std::fma(std::fma(-q, d, x), y, q);
+  }
+};
 
 // From this x up, exp_fast<T, false>(x) and exp_fast<T, true>(x) are the same normal number.
 template <typename T>

@@ -21,6 +21,10 @@ struct SinkhornOptions {
   // does). Solvers clear it for a problem whose max |M| / reg rules that out: the same kernel,
   // from a cheaper exp.
   bool subnormal_kernel = true;
+  // A solve with a row sink (sinkhorn_solve_kernel_f64) offers a pass when its check's error,
+  // extrapolated, is below stop_thr * offer_margin: 0 never offers, +inf offers every check after
+  // the first two iterations (tests reach each path of the sink with them).
+  double offer_margin = 1.0;
 };
 
 // Where problem k of a batch lies in flat buffers: n[k] x m[k] entries; its a at a_off[k], b at
@@ -91,8 +95,24 @@ struct SinkhornScratch {
 // nullptr: not summed / summed by the solver.
 void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_domain, bool subnormal, double* K,
                              double* ktu, double u0);
+//
+// A scaling-domain solve may also hand the plan's rows to a sink as its last pass computes them, so
+// that a caller who reads the plan row by row (best_stability) does not read K once more. The
+// solver only knows a pass was the last after it: it offers the passes that end in a check whose
+// error the two iterations before extrapolate (geometrically) below stop_thr (opt.offer_margin). begin() opens an
+// offered pass; row(i, u_i, K_i, v) follows for each row in order, the plan row being u_i K_ij v_j
+// (K_i: m entries). *sunk tells whether the pass that stopped the solve was offered: then the rows
+// given last are the plan's; else the caller reads it (sinkhorn_plan_row_f64).
+struct SinkhornRowSink {
+  virtual void begin() = 0;
+  virtual void row(int64_t i, double u_i, const double* K_i, const double* v) = 0;
+
+ protected:
+  ~SinkhornRowSink() = default;
+};
 void sinkhorn_solve_kernel_f64(SinkhornScratch<double>& s, const double* a, const double* b, int64_t n, int64_t m,
-                               const SinkhornOptions& opt, int64_t& n_iter, double& err, const double* ktu0);
+                               const SinkhornOptions& opt, int64_t& n_iter, double& err, const double* ktu0,
+                               SinkhornRowSink* sink = nullptr, bool* sunk = nullptr);
 
 // Whether exp(-M / reg) may be subnormal for some |M| <= worst (see subnormal_kernel).
 bool sinkhorn_kernel_may_be_subnormal(double worst, double reg, bool f32);
