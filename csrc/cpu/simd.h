@@ -16,10 +16,12 @@
 // too. x86-64-v3 (AVX2 with FMA, as every AVX2 CPU has) so that Divisor's explicit fused
 // multiply-adds are instructions in both vector clones.
 #define TOPOOT_TARGET_CLONES_EXACT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-// Floating-point loops whose AVX-512 clone contracts to the same fused multiply-adds as the AVX2
-// one (x86-64-v3 has FMA; plain "avx2" has none, and its clone rounded every product apart) and
-// keeps every reduction's order (explicit partial sums), so both give the same bits; only the
-// baseline build (no FMA) may differ in the last place.
+// Floating-point loops (the solver), AVX-512 and AVX2 (x86-64-v3: with FMA, which plain "avx2" lacks)
+// clones. Every reduction keeps its order in every clone (explicit partial sums), but which product
+// of a sum of products is fused, and how a loop's tail runs, is each clone's own: a build forced to
+// its AVX2 clone differed from the AVX-512 one in the last bits on problems whose sides are not
+// multiples of the vector width (and agreed on 64 x 64 and 256 x 256). One machine always runs the
+// same clone, so its results are reproducible; across machines they agree to rounding.
 #define TOPOOT_TARGET_CLONES_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TOPOOT_TARGET_CLONES
