@@ -99,10 +99,11 @@ void sinkhorn_kernel_row_f64(const double* M, int64_t m, double reg, bool log_do
 // A scaling-domain solve may also hand the plan's rows to a sink as its last pass computes them, so
 // that a caller who reads the plan row by row (best_stability) does not read K once more. The
 // solver only knows a pass was the last after it: it offers the passes that end in a check whose
-// error the two iterations before extrapolate (geometrically) below stop_thr (opt.offer_margin). begin() opens an
-// offered pass; row(i, u_i, K_i, v) follows for each row in order, the plan row being u_i K_ij v_j
-// (K_i: m entries). *sunk tells whether the pass that stopped the solve was offered: then the rows
-// given last are the plan's; else the caller reads it (sinkhorn_plan_row_f64).
+// error the two iterations before extrapolate (geometrically) below stop_thr (times
+// opt.offer_margin). begin() opens an offered pass; row(i, u_i, K_i, v) follows for each row in
+// order, the plan row being u_i K_ij v_j (K_i: m entries). *sunk tells whether the pass that
+// stopped the solve was offered: then the rows given last are the plan's; else the caller reads it
+// (sinkhorn_plan_row_f64).
 struct SinkhornRowSink {
   virtual void begin() = 0;
   virtual void row(int64_t i, double u_i, const double* K_i, const double* v) = 0;
