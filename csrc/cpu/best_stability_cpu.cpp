@@ -44,20 +44,6 @@ TOPOOT_INLINE int64_t first_equal(const double* x, int64_t n, double value) {
   return n;
 }
 
-// The released costs from a row of squared distances d2, in place: r = sqrt(d2) / scale, written
-// to root (when given) and squared into out. Through Divisor (Fused) r has the division's bits:
-// sqrt(d2) <= dmax < scale, so r <= 1 never overflows, and a subnormal r (r < 2^-1022) squares to 0
-// and leaves 1 + r = 1 either way (root's only use).
-template <bool Fused>
-TOPOOT_INLINE void normalize_row(double* out, double* root, int64_t m, const Divisor<double>& by_scale) {
-  for (int64_t j = 0; j < m; ++j) {
-    const double d = std::sqrt(out[j]);
-    const double r = Fused ? by_scale.divide(d) : d / by_scale.d;
-    if (root) root[j] = r;  // the same for every j: the compiler takes it out of the loop
-    out[j] = r * r;
-  }
-}
-
 // One problem's points and outputs, and the row buffers of its stabilities (m(+1) entries each).
 struct StabilityRows {
   const double* P;
@@ -67,35 +53,59 @@ struct StabilityRows {
   bool diagonal;
   Divisor<double> by_scale;  // dmax + 1e-12; not fused where it is infinite (then 1 / it is 0)
   double *sr, *cr, *sc, *cc;
-  double *cost, *root, *S;
+  double* S;  // a plan row, then its stabilities
 };
+
+// Cost M[i, j] of a point pair (i < n, j < m) and its stability divisor 1 + sqrt(max(M, 0)), the
+// one place these expressions are written (the kernel's rows and the stabilities must agree bit for
+// bit). The released costs are (sqrt(d2) / scale)^2. Through Divisor (Fused) the quotient r has the
+// division's bits: sqrt(d2) <= dmax < scale, so r <= 1 never overflows, and a subnormal r
+// (r < 2^-1022) squares to 0 and leaves 1 + r = 1 either way. The divisor is then 1 + r, r the
+// root that M = r * r came from: sqrt(fl(r * r)) == r for every r >= 0 whose square does not
+// underflow (binary floating point, round to nearest), and where it underflows (r < 2^-511) 1 + r
+// and 1 + sqrt(fl(r * r)) both round to 1; NaN and inf go through both alike. So the stabilities
+// take one square root per entry instead of two, bit for bit.
+template <bool Diagonal, bool Fused>
+TOPOOT_INLINE void cost_and_divisor(const StabilityRows& p, double pl, double ph, int64_t j, double& M, double& div) {
+  const double dl = pl - p.Q[2 * j], dh = ph - p.Q[2 * j + 1];
+  const double d2 = dl * dl + dh * dh;
+  if constexpr (Diagonal) {
+    M = d2;
+    div = 1.0 + std::sqrt(std::max(M, 0.0));
+  } else {
+    const double d = std::sqrt(d2);
+    const double r = Fused ? p.by_scale.divide(d) : d / p.by_scale.d;
+    M = r * r;
+    div = 1.0 + r;
+  }
+}
+
+template <bool Diagonal, bool Fused>
+TOPOOT_INLINE void cost_row_as(const StabilityRows& p, double pl, double ph, double* out) {
+  for (int64_t j = 0; j < p.m; ++j) {
+    double div;
+    cost_and_divisor<Diagonal, Fused>(p, pl, ph, j, out[j], div);
+  }
+}
 
 // Row i of the costs, m(+1) entries; with the diagonal (paper text), an extra last column (the
 // point's distance to the diagonal) and an extra last row (the other side's, then 0).
-// With root, the normalized case also writes r = sqrt(d2) / scale, the root of the cost r * r:
-// sqrt(fl(r * r)) == r for every r >= 0 whose square does not underflow (binary floating point,
-// round to nearest), and where it underflows (r < 2^-511) 1 + r and 1 + sqrt(fl(r * r)) both
-// round to 1; NaN and inf go through both alike. So 1 + r is the stability's divisor, bit for
-// bit, and the stabilities take one square root per entry instead of two.
-TOPOOT_INLINE void cost_row(const StabilityRows& p, int64_t i, double* out, double* root) {
-  const double *Pk = p.P, *Qk = p.Q;
+TOPOOT_INLINE void cost_row(const StabilityRows& p, int64_t i, double* out) {
+  const double* Qk = p.Q;
   const int64_t m = p.m;
   if (i == p.n) {
     for (int64_t j = 0; j < m; ++j) out[j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
     out[m] = 0;  // diagonal to diagonal
     return;
   }
-  const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
-  for (int64_t j = 0; j < m; ++j) {
-    const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
-    out[j] = dl * dl + dh * dh;
-  }
+  const double pl = p.P[2 * i], ph = p.P[2 * i + 1];
   if (p.diagonal) {
+    cost_row_as<true, false>(p, pl, ph, out);
     out[m] = (ph - pl) * (ph - pl) / 2;
   } else if (p.by_scale.fused) {
-    normalize_row<true>(out, root, m, p.by_scale);
+    cost_row_as<false, true>(p, pl, ph, out);
   } else {
-    normalize_row<false>(out, root, m, p.by_scale);
+    cost_row_as<false, false>(p, pl, ph, out);
   }
 }
 
@@ -108,27 +118,39 @@ TOPOOT_INLINE void begin_stabilities(StabilityRows& p) {
   }
 }
 
-// Row i (< n) of the stabilities S = plan / (1 + sqrt(max(M, 0))), its plan row in p.S: its best
-// is the first maximum, as argmax (strictly greater from -1, so a NaN never wins), and the
-// columns' bests are updated (rows in order: the first maximum of each column too). Each step is a
-// loop the compiler vectorises: the row's S, its maximum, the first index holding it, the columns'.
-TOPOOT_INLINE void stabilities_of_row(StabilityRows& p, int64_t i) {
+// Row i (< n) of the stabilities S = plan / (1 + sqrt(max(M, 0))), its plan row in p.S (replaced by
+// S): the columns' bests are updated in the loop that computes the costs (rows in order: each
+// column's first maximum), then the row's best is the first maximum, as argmax (strictly greater
+// from -1, so a NaN never wins), its cost computed again.
+template <bool Diagonal, bool Fused>
+TOPOOT_INLINE void stabilities_of_row_as(StabilityRows& p, int64_t i) {
   const int64_t m = p.m;
-  double *S = p.S, *row = p.cost, *root = p.root, *sc = p.sc, *cc = p.cc;
-  cost_row(p, i, row, root);
-  if (p.diagonal) {
-    for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + std::sqrt(std::max(row[j], 0.0)));
-  } else {  // sqrt(M) is the r that M = r * r came from (cost_row)
-    for (int64_t j = 0; j < m; ++j) S[j] = S[j] / (1.0 + root[j]);
+  const double pl = p.P[2 * i], ph = p.P[2 * i + 1];
+  double *S = p.S, *sc = p.sc, *cc = p.cc;
+  for (int64_t j = 0; j < m; ++j) {
+    double M, div;
+    cost_and_divisor<Diagonal, Fused>(p, pl, ph, j, M, div);
+    const double x = S[j] / div;
+    S[j] = x;
+    const bool better = x > sc[j];
+    cc[j] = better ? M : cc[j];
+    sc[j] = better ? x : sc[j];
   }
   const double best = max_of(S, m, -1.0);
   p.sr[i] = best;
   const int64_t at = first_equal(S, m, best);  // m where every S is NaN: then C = NaN
-  p.cr[i] = at < m ? row[at] : std::numeric_limits<double>::quiet_NaN();
-  for (int64_t j = 0; j < m; ++j) {
-    const bool better = S[j] > sc[j];
-    cc[j] = better ? row[j] : cc[j];
-    sc[j] = better ? S[j] : sc[j];
+  double M = std::numeric_limits<double>::quiet_NaN(), div;
+  if (at < m) cost_and_divisor<Diagonal, Fused>(p, pl, ph, at, M, div);
+  p.cr[i] = M;
+}
+
+TOPOOT_INLINE void stabilities_of_row(StabilityRows& p, int64_t i) {
+  if (p.diagonal) {
+    stabilities_of_row_as<true, false>(p, i);
+  } else if (p.by_scale.fused) {
+    stabilities_of_row_as<false, true>(p, i);
+  } else {
+    stabilities_of_row_as<false, false>(p, i);
   }
 }
 
@@ -155,7 +177,7 @@ struct StabilitySink final : SinkhornRowSink {
 
 struct StabilityScratch {
   SinkhornScratch<double> solver;
-  std::vector<double> wa, wb, cost_row, plan_row, root_row, bound, ktu;
+  std::vector<double> wa, wb, cost_row, plan_row, bound, ktu;
   std::vector<int64_t> order;
 };
 
@@ -230,15 +252,13 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
       dmax = std::sqrt(d2max);
     }
     const double scale = dmax + 1e-12;
-    s.root_row.resize(mc);
     s.plan_row.resize(mc);
-    StabilityRows rows{Pk, n, Qk, m, diagonal, Divisor<double>(scale), sr, cr, sc, cc, row,
-                       s.root_row.data(), s.plan_row.data()};
+    StabilityRows rows{Pk, n, Qk, m, diagonal, Divisor<double>(scale), sr, cr, sc, cc, s.plan_row.data()};
     double worst = 0;  // max |M|: every cost is >= 0
     if (diagonal) {
       for (int64_t i = 0; i < nr; ++i) {
         if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-        cost_row(rows, i, row, nullptr);
+        cost_row(rows, i, row);
         worst = max_of(row, mc, worst);
       }
       s.wa.assign(nr, 1.0 / static_cast<double>(n + m));
@@ -260,7 +280,7 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     double* ktu = o.log_domain ? nullptr : s.ktu.data();
     for (int64_t i = 0; i < nr; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
-      cost_row(rows, i, row, nullptr);
+      cost_row(rows, i, row);
       sinkhorn_kernel_row_f64(row, mc, opt.reg, o.log_domain, o.subnormal_kernel, s.solver.K.data() + i * mc, ktu,
                               1.0 / static_cast<double>(nr));
     }
