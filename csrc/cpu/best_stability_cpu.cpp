@@ -44,7 +44,7 @@ TOPOOT_INLINE int64_t first_equal(const double* x, int64_t n, double value) {
   return n;
 }
 
-// One problem's points and outputs, and the row buffers of its stabilities (m(+1) entries each).
+// One problem's points and outputs, and the row buffer of its stabilities (m(+1) entries).
 struct StabilityRows {
   const double* P;
   int64_t n;
@@ -159,12 +159,12 @@ TOPOOT_INLINE void stabilities_of_row(StabilityRows& p, int64_t i) {
 TOPOOT_TARGET_CLONES_EXACT void begin_offered(StabilityRows& p) { begin_stabilities(p); }
 
 // The plan row u_i K_ij v_j as sinkhorn_plan_row_f64 computes it (the same products, in the same
-// order), then its stabilities; the diagonal's extra row has none.
+// order; the diagonal's extra column is never a candidate), then its stabilities; the diagonal's
+// extra row has none.
 TOPOOT_TARGET_CLONES_EXACT void offered_row(StabilityRows& p, int64_t i, double ui, const double* Ki,
                                              const double* v) {
   if (i >= p.n) return;
-  const int64_t mc = p.diagonal ? p.m + 1 : p.m;
-  for (int64_t j = 0; j < mc; ++j) p.S[j] = ui * Ki[j] * v[j];
+  for (int64_t j = 0; j < p.m; ++j) p.S[j] = ui * Ki[j] * v[j];
   stabilities_of_row(p, i);
 }
 

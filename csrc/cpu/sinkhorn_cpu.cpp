@@ -76,12 +76,12 @@ TOPOOT_INLINE bool offer_pass(int64_t ii, T e1, T e2, const SinkhornOptions& opt
   return next < opt.stop_thr * opt.offer_margin;
 }
 
+// sink, sunk: see sinkhorn_solve_kernel_f64 (which clears *sunk; set here when the solve stops).
 template <typename T>
 TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt,
                                  int64_t& niter, T& err, const T* ktu0 = nullptr, SinkhornRowSink* sink = nullptr,
                                  bool* sunk = nullptr) {
   if constexpr (!std::is_same_v<T, double>) sink = nullptr;  // the sink takes double rows
-  if (sunk) *sunk = false;
   const T* K = s.K.data();
   T* u = s.u.data();
   T* v = s.v.data();
