@@ -57,6 +57,33 @@ def interleaved_seconds(
     return times
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's processor string: the
+    machines lent to this project differ between sessions, and so do the ratios against the
+    references (POT's numpy and BLAS gained most on a Xeon with a large L3)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def caches() -> str:
+    """The CPU's data caches, "L1 48K, L2 2048K, L3 491520K" (Linux sysfs; "" elsewhere): a model
+    name under a hypervisor often says no more than "Intel(R) Xeon(R) Processor"."""
+    out = []
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (d / "type").read_text().strip() != "Instruction":
+                out.append(f"L{(d / 'level').read_text().strip()} {(d / 'size').read_text().strip()}")
+        except OSError:
+            pass
+    return ", ".join(out)
+
+
 def environment() -> dict:
     """Where and when the numbers were taken: machine, commit, date, device."""
     root = Path(__file__).resolve().parent.parent
@@ -74,9 +101,16 @@ def environment() -> dict:
         "commit": commit,
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "caches": caches(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
+    for package in ("numpy", "ot", "gudhi"):  # the references' speed is theirs
+        try:
+            env[package] = __import__(package).__version__
+        except ImportError:
+            pass
     try:
         import torch
 

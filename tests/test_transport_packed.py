@@ -471,3 +471,47 @@ def test_every_padded_plan_entry_is_written(rng, domain):
         if rows and cols:
             alone = sinkhorn(a[k, rows][None], b[k, cols][None], M[k][np.ix_(rows, cols)][None], reg=0.3, domain=domain)
             assert torch.equal(got.plan[k][np.ix_(rows, cols)], alone.plan[0]), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_plans_written_with_streaming_stores_are_the_same(rng, dtype, domain, layout):
+    # Large plans are written with non-temporal stores, each problem's block front to back with its
+    # padding (SinkhornOptions::stream_plan_bytes, 16 MiB by default); the C++ kernel is called here
+    # with the threshold at 0 and out of reach, on a batch with padding in every place (leading,
+    # scattered, whole rows and columns, empty problems) and packed problems of odd sizes, which
+    # start at every alignment. Freed NaN memory of the plan's size comes back to the next
+    # allocation where glibc keeps freed blocks: an entry left unwritten shows.
+    import topoot_gpu
+    from topoot_gpu import _C
+    from topoot_gpu.transport.padded import flat_layout
+    from topoot_gpu.transport.results import SCALING_LIMIT
+
+    sizes = [(1, 1), (3, 5), (7, 2), (0, 3), (13, 11), (2, 0), (9, 31), (64, 33), (5, 5)]
+    problems, a, b, M, packed = packed_problems(rng, sizes, zero_weights=True)
+    if layout == "padded":
+        a, b, M = padded(problems)
+        for k in (2, 6):  # padding rows and columns before real ones
+            a[k] = a[k].roll(1)
+            b[k] = b[k].roll(2)
+            M[k] = M[k].roll((1, 2), (0, 1))
+        packed = None
+    a, b, M = (x.to(dtype) for x in (a, b, M))
+    kernel = getattr(_C, "sinkhorn_f32" if dtype == torch.float32 else "sinkhorn_f64")
+    code = {"scaling": 0, "log": 1}[domain]
+    topoot_gpu.keep_freed_memory()
+    runs = []
+    for threshold in (2**62, 0):
+        garbage = np.full(M.numel(), np.nan, dtype=M.numpy().dtype)
+        del garbage
+        out = kernel(*flat_layout(a, b, M, packed), 0.05, 2000, 1e-6, code, SCALING_LIMIT[dtype], True, 1,
+                     stream_plan_bytes=threshold)  # fmt: skip
+        plan_finite = out[8]
+        assert plan_finite and np.isfinite(out[0]).all()
+        runs.append(out[:5])
+    for x, y in zip(*runs):
+        np.testing.assert_array_equal(x, y)
+    if layout == "padded":  # and the padding is zero
+        plan = runs[1][0].reshape(M.shape)
+        assert (plan[(a == 0).numpy()] == 0).all() and (plan.transpose(0, 2, 1)[(b == 0).numpy()] == 0).all()

@@ -129,13 +129,14 @@ py::tuple input_stats(const topoot::SinkhornInputStats& st) {
   return py::make_tuple(st.finite, st.a_ok, st.b_ok, st.worst);
 }
 
-// domain: 0 scaling, 1 log, 2 auto (scaling_limit). Returns (plan or None, log_u, log_v, n_iter,
-// err, (finite, a_ok, b_ok, worst), overflow, log_domain, plan_finite); with bad inputs (the
-// fourth to sixth entries say which) the arrays are undefined.
+// domain: 0 scaling, 1 log, 2 auto (scaling_limit). stream_plan_bytes: SinkhornOptions' (tests set
+// it to reach both ways of writing the plan on small batches). Returns (plan or None, log_u, log_v,
+// n_iter, err, (finite, a_ok, b_ok, worst), overflow, log_domain, plan_finite); with bad inputs
+// (the fourth to sixth entries say which) the arrays are undefined.
 template <typename T>
 py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M, const Array<int64_t>& n_sizes,
                         const Array<int64_t>& m_sizes, double reg, int64_t max_iter, double stop_thr, int domain,
-                        double scaling_limit, bool want_plan, int num_threads) {
+                        double scaling_limit, bool want_plan, int num_threads, int64_t stream_plan_bytes) {
   const Layout L = make_layout(n_sizes, m_sizes, a.size(), b.size(), M.size());
   if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
   if (max_iter < 1) throw std::invalid_argument("max_iter: expected >= 1");
@@ -147,6 +148,7 @@ py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M,
   opt.log_domain = domain == 1;
   opt.auto_domain = domain == 2;
   opt.scaling_limit = scaling_limit;
+  opt.stream_plan_bytes = stream_plan_bytes;
   Array<T> plan(want_plan ? M.size() : 0), log_u(a.size()), log_v(b.size()), err(L.B);
   Array<int64_t> n_iter(L.B);
   topoot::SinkhornReport report;
@@ -288,7 +290,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads"), py::arg("offer_margin") = 1.0);
   m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
-        py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));
+        py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"),
+        py::arg("stream_plan_bytes") = topoot::SinkhornOptions{}.stream_plan_bytes);
   m.def(
       "release_scratch",
       [] {
@@ -298,5 +301,6 @@ PYBIND11_MODULE(_C, m) {
       "Frees the kernels' cached scratch that no call is using; returns how many states.");
   m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
-        py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"));
+        py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"),
+        py::arg("stream_plan_bytes") = topoot::SinkhornOptions{}.stream_plan_bytes);
 }

@@ -6,6 +6,9 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 // Function multi-versioning (GCC/Clang on x86-64 Linux): an AVX2 clone picked
 // at load time on CPUs that have it, and the baseline build.
@@ -158,5 +161,96 @@ TOPOOT_INLINE T exp_fast(T x) {
   out = x > hi ? std::numeric_limits<T>::infinity() : out;
   return out;
 }
+
+// Software prefetch for an input read front to back in rows with much work per entry (a kernel
+// row's exp): the hardware prefetcher left the loads of the costs waiting (on a 2-core Xeon, a
+// seventh of the time of a ragged batch in one of them); fetched kAhead bytes ahead, 12% less time.
+class ReadAhead {
+ public:
+  static constexpr int64_t kAhead = 4096;
+  ReadAhead(const void* begin, const void* end)
+      : next_(static_cast<const char*>(begin)), end_(static_cast<const char*>(end)) {}
+  // Up to kAhead bytes past p fetched.
+  TOPOOT_INLINE void upto(const void* p) {
+    const char* want = static_cast<const char*>(p) + kAhead;
+    if (want > end_) want = end_;
+#if defined(__GNUC__)
+    for (; next_ < want; next_ += 64) __builtin_prefetch(next_);
+#else
+    next_ = want;
+#endif
+  }
+
+ private:
+  const char* next_;
+  const char* end_;
+};
+
+// An output region written front to back, run after run, with stores that bypass the caches (SSE2's
+// 16-byte non-temporal stores, in every clone): a plan of tens of megabytes written once and not
+// read back here then costs its writes only, not a read of every line first. Entries are held back
+// until a whole aligned 16 bytes can be stored, so that runs of any length (a packed problem's rows)
+// make one stream; only the region's first and last few entries are plain stores. finish() writes
+// those and orders the stores before what follows (the threads' join). Without SSE2: plain stores.
+template <typename T>
+class StreamWriter {
+ public:
+  explicit StreamWriter(T* dst) : dst_(dst) {}
+  TOPOOT_INLINE void put(const T* src, int64_t n) {
+#if defined(__SSE2__)
+    int64_t j = 0;
+    while (j < n && held_ == 0 && (reinterpret_cast<uintptr_t>(dst_) & 15) != 0) *dst_++ = src[j++];
+    while (j < n && held_ > 0) {
+      buf_[held_++] = src[j++];
+      if (held_ == kLanes) {
+        store(buf_);
+        held_ = 0;
+      }
+    }
+    for (; j + kLanes <= n; j += kLanes) store(src + j);
+    if (j < n) {  // fewer than kLanes left, and none held (the loops above ran)
+      held_ = static_cast<int>(n - j);
+      std::memcpy(buf_, src + j, static_cast<size_t>(held_) * sizeof(T));
+    }
+#else
+    std::memcpy(dst_, src, static_cast<size_t>(n) * sizeof(T));
+    dst_ += n;
+#endif
+  }
+  TOPOOT_INLINE void put_zeros(int64_t n) {
+#if defined(__SSE2__)
+    const T zeros[kLanes] = {};
+    for (; n > 0 && (held_ > 0 || (reinterpret_cast<uintptr_t>(dst_) & 15) != 0); --n) put(zeros, 1);
+    for (; n >= kLanes; n -= kLanes) store(zeros);
+    put(zeros, n);
+#else
+    std::memset(dst_, 0, static_cast<size_t>(n) * sizeof(T));
+    dst_ += n;
+#endif
+  }
+  TOPOOT_INLINE void finish() {
+#if defined(__SSE2__)
+    for (int t = 0; t < held_; ++t) *dst_++ = buf_[t];
+    held_ = 0;
+    _mm_sfence();
+#endif
+  }
+
+ private:
+  static constexpr int kLanes = 16 / static_cast<int>(sizeof(T));
+#if defined(__SSE2__)
+  TOPOOT_INLINE void store(const T* src) {
+    if constexpr (sizeof(T) == 8) {
+      _mm_stream_pd(reinterpret_cast<double*>(dst_), _mm_loadu_pd(reinterpret_cast<const double*>(src)));
+    } else {
+      _mm_stream_ps(reinterpret_cast<float*>(dst_), _mm_loadu_ps(reinterpret_cast<const float*>(src)));
+    }
+    dst_ += kLanes;
+  }
+#endif
+  T* dst_;
+  T buf_[kLanes] = {};
+  int held_ = 0;
+};
 
 }  // namespace topoot

@@ -275,6 +275,35 @@ TOPOOT_INLINE T plan_row(const SinkhornScratch<T>& s, bool log_domain, int64_t i
   return z;
 }
 
+// The plan of a solved problem, every entry of its n x m block, padding included, front to back
+// through a StreamWriter (SinkhornOptions::stream_plan). Returns whether every entry is finite.
+template <typename T>
+TOPOOT_INLINE bool stream_plan_rows(SinkhornScratch<T>& s, int64_t n, int64_t m, bool log_domain, T* Pk) {
+  const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
+  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / m);
+  std::vector<T>& row = s.out_row;
+  row.assign(m, T(0));  // its padding columns stay 0
+  StreamWriter<T> out(Pk);
+  T zero = 0;
+  for (int64_t i = 0, r = 0; i < n; ++i) {  // r: the next real row
+    if (i % poll_rows == 0 && interrupted()) break;
+    if (r < nr && s.rows[r] == i) {
+      if (mc == m) {
+        zero += plan_row(s, log_domain, r, row.data());
+      } else {
+        zero += plan_row(s, log_domain, r, s.mx.data());  // mx is free after the solve
+        for (int64_t j = 0; j < mc; ++j) row[s.cols[j]] = s.mx[j];
+      }
+      ++r;
+      out.put(row.data(), m);
+    } else {
+      out.put_zeros(m);
+    }
+  }
+  out.finish();
+  return zero == 0;
+}
+
 // Whether a problem's real rows and columns are its first ones (the padding, if any, at the end):
 // then its compact plan rows are the first entries of its padded rows. Rows and columns are
 // listed in increasing order, so the last one tells.
@@ -285,11 +314,12 @@ TOPOOT_INLINE bool real_block_leads(const SinkhornScratch<T>& s) {
 }
 
 // A problem's real rows and columns into the scratch (a > 0, b > 0), its padding's outputs written
-// (plan 0, log scalings -inf), the scratch sized. Returns false when nothing is to be solved (no
-// real row or column: a zero plan) or the call was cancelled.
+// (plan 0, log scalings -inf; with stream_plan solve_built writes the plan's padding), the scratch
+// sized. Returns false when nothing is to be solved (no real row or column: a zero plan) or the
+// call was cancelled.
 template <typename T>
 TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, int64_t n, int64_t m, T* Pk,
-                                   T* luk, T* lvk) {
+                                   T* luk, T* lvk, bool stream_plan) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
   s.rows.clear();
   s.cols.clear();
@@ -304,7 +334,7 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
   if (!dense) {
     std::fill(luk, luk + n, neg_inf);
     std::fill(lvk, lvk + m, neg_inf);
-    if (Pk != nullptr) {
+    if (Pk != nullptr && !(stream_plan && nr > 0 && mc > 0)) {
       // With the padding at the end (the layout diagram_costs gives), solve_built writes the real
       // block in place: only the padding is zeroed here, not every entry twice.
       const int64_t skip = real_block_leads(s) ? mc : 0;
@@ -349,11 +379,11 @@ TOPOOT_INLINE bool build_kernel(SinkhornScratch<T>& s, const T* Mk, int64_t m, c
 
 // A prepared problem with its kernel built: iterate, write the plan (when asked for) and the log
 // scalings. A problem with no zero weight (every packed problem a caller builds from diagrams)
-// writes its plan row by row in place, with no scatter. Returns whether every plan entry written
-// is finite.
+// writes its plan row by row in place, with no scatter; with opt.stream_plan every entry is
+// streamed (stream_plan_rows). Returns whether every plan entry written is finite.
 template <typename T>
-TOPOOT_INLINE bool solve_built(SinkhornScratch<T>& s, int64_t m, const SinkhornOptions& opt, T* Pk, T* luk, T* lvk,
-                               int64_t& niter, T& errk, const T* ktu0 = nullptr) {
+TOPOOT_INLINE bool solve_built(SinkhornScratch<T>& s, int64_t n, int64_t m, const SinkhornOptions& opt, T* Pk, T* luk,
+                               T* lvk, int64_t& niter, T& errk, const T* ktu0 = nullptr) {
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
   if (opt.log_domain) {
     solve_log(s, nr, mc, opt, niter, errk);
@@ -363,6 +393,7 @@ TOPOOT_INLINE bool solve_built(SinkhornScratch<T>& s, int64_t m, const SinkhornO
   for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = opt.log_domain ? s.u[i] : std::log(s.u[i]);
   for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = opt.log_domain ? s.v[j] : std::log(s.v[j]);
   if (Pk == nullptr) return true;
+  if (opt.stream_plan) return stream_plan_rows(s, n, m, opt.log_domain, Pk);
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   T zero = 0;
   std::vector<T>& row = s.mx;  // a scattered row's compact values (mx is free after the solve)
@@ -387,8 +418,8 @@ TOPOOT_INLINE bool solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
                                  const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
   niter = 0;
   errk = 1;
-  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk) || !build_kernel(s, Mk, m, opt)) return true;
-  return solve_built(s, m, opt, Pk, luk, lvk, niter, errk);
+  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk, opt.stream_plan) || !build_kernel(s, Mk, m, opt)) return true;
+  return solve_built(s, n, m, opt, Pk, luk, lvk, niter, errk);
 }
 
 // Whether a problem's check lets it be solved: finite inputs, non-negative weights, max |M| / reg
@@ -446,7 +477,7 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   unsigned bad = 0;
   for (int64_t i = 0; i < n; ++i) bad |= non_finite(ak[i]);
   for (int64_t j = 0; j < m; ++j) bad |= non_finite(bk[j]);
-  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk)) return st;  // cancelled (n, m > 0: dense)
+  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk, opt.stream_plan)) return st;  // cancelled (n, m > 0: dense)
   const Divisor<T> neg_reg(-static_cast<T>(opt.reg));
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / m);
   // The solver's first K^T u (u = 1 / n), summed as the kernel is built, as solve_scaling sums it:
@@ -455,11 +486,13 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   std::fill(ktu, ktu + m, T(0));
   const T u0 = T(1) / static_cast<T>(n);
   T worst = 0, zero = 0;
+  ReadAhead costs(Mk, Mk + n * m);
   for (int64_t i = 0; i < n; ++i) {
     if (i % poll_rows == 0 && interrupted()) return st;  // target_clones: no throw here (parallel.h)
     const T* Mi = Mk + i * m;
     T* Ki = s.K.data() + i * m;
     T w = 0, z = 0;
+    costs.upto(Mi + m);
     if (neg_reg.fused) {
       checked_exp_row<true>(Mi, m, neg_reg, Ki, w, z);
     } else {
@@ -477,7 +510,7 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   const bool rebuilt = o.log_domain || o.subnormal_kernel;
   if (rebuilt && !build_kernel(s, Mk, m, o)) return st;
   log_domain = o.log_domain;
-  finite = solve_built(s, m, o, Pk, luk, lvk, niter, errk, rebuilt ? nullptr : ktu);
+  finite = solve_built(s, n, m, o, Pk, luk, lvk, niter, errk, rebuilt ? nullptr : ktu);
   return st;
 }
 
@@ -505,9 +538,11 @@ TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T
   for (int64_t j = 0; j < m; ++j) col_real[j] = bk[j] > 0 ? T(1) : T(0);
   const T* mask = col_real.data();
   T worst = 0, zero = 0;
+  ReadAhead costs(Mk, Mk + n * m);
   for (int64_t i = 0; i < n; ++i) {
     if (i % poll_rows == 0 && interrupted()) break;  // target_clones: no throw here (parallel.h)
     const T* row = Mk + i * m;
+    costs.upto(row + m);
     const T keep = ak[i] > 0 ? T(1) : T(0);  // padding rows: checked, not in the maximum
     T w = 0, z = 0;
 #pragma omp simd reduction(max : w) reduction(+ : z)
@@ -635,8 +670,12 @@ TOPOOT_TARGET_CLONES_WIDE void sinkhorn_plan_row_f64(const SinkhornScratch<doubl
 
 template <typename T>
 SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const SinkhornLayout& L, int64_t B,
-                              const SinkhornOptions& opt, int num_threads, T* plan, T* log_u, T* log_v,
+                              const SinkhornOptions& options, int num_threads, T* plan, T* log_u, T* log_v,
                               int64_t* n_iter, T* err) {
+  SinkhornOptions opt = options;
+  int64_t plan_entries = 0;
+  for (int64_t k = 0; k < B; ++k) plan_entries += L.n[k] * L.m[k];
+  opt.stream_plan = plan != nullptr && plan_entries * static_cast<int64_t>(sizeof(T)) >= opt.stream_plan_bytes;
   std::vector<SinkhornInputStats> stats(B);
   std::vector<uint8_t> log_domain(B, 0), finite(B, 1);
   auto solve = [&](SinkhornScratch<T>& s, int64_t k, bool log) {
