@@ -30,12 +30,18 @@ namespace {
 // dot(c * x, y) with 32 independent partial sums (the compiler may not reorder a floating-point
 // reduction itself, and a chain through one register waits out every add's latency: four AVX-512
 // or eight AVX2 registers in flight), then eight for what is left; each c * x[j] is rounded first,
-// as a stored row of c * x would be.
+// as a stored row of c * x would be. x (a row of the kernel, which a large problem streams from
+// memory every iteration) is fetched 4 KiB ahead in software, as the hardware prefetchers do not
+// cross 4 KiB pages (a raw-noise map's 800 MB kernel on a 2-core Xeon: 6% less time per map).
 template <typename T>
 TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
+  constexpr int64_t ahead = 4096 / sizeof(T);
   T acc[32] = {};
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
+#if defined(__GNUC__)
+    for (int t = 0; t < 32; t += 64 / static_cast<int>(sizeof(T))) __builtin_prefetch(x + j + t + ahead);
+#endif
     for (int t = 0; t < 32; ++t) acc[t] += (c * x[j + t]) * y[j + t];
   }
   for (int t = 0; t < 8; ++t) acc[t] = (acc[t] + acc[t + 8]) + (acc[t + 16] + acc[t + 24]);
