@@ -207,7 +207,8 @@ class StreamWriter {
         held_ = 0;
       }
     }
-    for (; j + kLanes <= n; j += kLanes) store(src + j);
+    stream(src + j, (n - j) / kLanes);
+    j += (n - j) / kLanes * kLanes;
     if (j < n) {  // fewer than kLanes left, and none held (the loops above ran)
       held_ = static_cast<int>(n - j);
       std::memcpy(buf_, src + j, static_cast<size_t>(held_) * sizeof(T));
@@ -221,7 +222,9 @@ class StreamWriter {
 #if defined(__SSE2__)
     const T zeros[kLanes] = {};
     for (; n > 0 && (held_ > 0 || (reinterpret_cast<uintptr_t>(dst_) & 15) != 0); --n) put(zeros, 1);
-    for (; n >= kLanes; n -= kLanes) store(zeros);
+    T* d = dst_;
+    for (; n >= kLanes; n -= kLanes, d += kLanes) stream_one(d, zeros);
+    dst_ = d;
     put(zeros, n);
 #else
     std::memset(dst_, 0, static_cast<size_t>(n) * sizeof(T));
@@ -239,13 +242,23 @@ class StreamWriter {
  private:
   static constexpr int kLanes = 16 / static_cast<int>(sizeof(T));
 #if defined(__SSE2__)
-  TOPOOT_INLINE void store(const T* src) {
+  static TOPOOT_INLINE void stream_one(T* dst, const T* src) {
     if constexpr (sizeof(T) == 8) {
-      _mm_stream_pd(reinterpret_cast<double*>(dst_), _mm_loadu_pd(reinterpret_cast<const double*>(src)));
+      _mm_stream_pd(reinterpret_cast<double*>(dst), _mm_loadu_pd(reinterpret_cast<const double*>(src)));
     } else {
-      _mm_stream_ps(reinterpret_cast<float*>(dst_), _mm_loadu_ps(reinterpret_cast<const float*>(src)));
+      _mm_stream_ps(reinterpret_cast<float*>(dst), _mm_loadu_ps(reinterpret_cast<const float*>(src)));
     }
+  }
+  TOPOOT_INLINE void store(const T* src) {
+    stream_one(dst_, src);
     dst_ += kLanes;
+  }
+  // count whole 16 bytes from src, through a local pointer: dst_, a member the stores may alias for
+  // the compiler, would go through memory on every store (a chain of store-to-load forwarding).
+  TOPOOT_INLINE void stream(const T* src, int64_t count) {
+    T* d = dst_;
+    for (int64_t t = 0; t < count; ++t, d += kLanes) stream_one(d, src + t * kLanes);
+    dst_ = d;
   }
 #endif
   T* dst_;
