@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .numerics import sqrt_rn
 from .validation import check_maps
 
 
@@ -121,4 +122,4 @@ def _gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     p = F.pad(x, (1, 1, 1, 1), mode="replicate")
     gy = (p[:, :, 2:, 1:-1] - p[:, :, :-2, 1:-1]) * 0.5
     gx = (p[:, :, 1:-1, 2:] - p[:, :, 1:-1, :-2]) * 0.5
-    return torch.sqrt(gx * gx + gy * gy)
+    return sqrt_rn(gx * gx + gy * gy)  # the same bits on every call (core/numerics.py)

@@ -232,9 +232,8 @@ def best_stability(
     every problem, forms its stabilities and reduces them to each point's best match on chip: no
     plan is written to global memory. The same iterates and results as :func:`sinkhorn` followed
     by :func:`~topoot_gpu.transport.padded.stability` and
-    :func:`~topoot_gpu.transport.padded.best_match` (to the bit where torch's square root is
-    correctly rounded, as on a GPU; torch's float64 sqrt on the CPU can be 1 ulp off). One host
-    read: the largest sizes (the tile)."""
+    :func:`~topoot_gpu.transport.padded.best_match`, to the bit (both take correctly rounded square
+    roots). One host read: the largest sizes (the tile)."""
     n, m = (int(x) for x in to_host(torch.stack([p_sizes.amax(), q_sizes.amax()]))) if len(p_sizes) else (0, 0)
     p_slots = ragged_slots(p_sizes, total=len(P))
     q_slots = ragged_slots(q_sizes, total=len(Q))

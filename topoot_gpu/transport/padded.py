@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.numerics import sqrt_rn
 from ..core.validation import check_choice, check_int
 from .results import BestStability, SinkhornResult, auto_domain
 
@@ -95,7 +96,7 @@ def padded_diagram_costs(
         Pp, Qp = torch.ldexp(Pp, -e), torch.ldexp(Qp, -e)
     sq = ((Pp[:, :, None, :] - Qp[:, None, :, :]) ** 2).sum(-1)
     if kind == "normalized":
-        D = torch.where(real, sq.sqrt(), 0.0)
+        D = torch.where(real, sqrt_rn(sq), 0.0)
         Dmax = D.flatten(1).max(1).values if N * Mx else torch.zeros(B, dtype=torch.float64, device=device)
         M = torch.where(real, (D / (Dmax[:, None, None] + 1e-12)) ** 2, 0.0)
         a = torch.where(row, 1.0 / n.clamp(min=1)[:, None].double(), 0.0)
@@ -144,7 +145,7 @@ def packed_diagram_costs(
     a = a_n.repeat_interleave(rows)
     b = b_n.repeat_interleave(cols)
     if not diagonal:
-        D = sq.sqrt()
+        D = sqrt_rn(sq)
         Dmax = torch.zeros(B, dtype=torch.float64, device=device).scatter_reduce(0, k, D, "amax")
         M = (D / (Dmax[k] + 1e-12)) ** 2
         return M, a, b, (rows, cols)
@@ -385,7 +386,7 @@ def stability(plan: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """``S = plan / (1 + sqrt(max(M, 0)))``: transported mass, discounted by its cost. ``plan`` and
     ``M``: floating tensors of one shape on one device."""
     _check_same_tensors(("plan", plan), ("M", M))
-    return plan / (1.0 + torch.sqrt(torch.clamp(M, min=0)))
+    return plan / (1.0 + sqrt_rn(torch.clamp(M, min=0)))
 
 
 def _check_same_tensors(first: tuple[str, Any], *others: tuple[str, Any], rank: int | None = None) -> None:
