@@ -170,10 +170,12 @@ class ReadAhead {
   static constexpr int64_t kAhead = 4096;
   ReadAhead(const void* begin, const void* end)
       : next_(static_cast<const char*>(begin)), end_(static_cast<const char*>(end)) {}
-  // Up to kAhead bytes past p fetched.
-  TOPOOT_INLINE void upto(const void* p) {
-    const char* want = static_cast<const char*>(p) + kAhead;
-    if (want > end_) want = end_;
+  // The kAhead bytes past p fetched (p: where reading is now; what lies behind it is being read,
+  // so a row longer than kAhead is not fetched in one burst).
+  TOPOOT_INLINE void at(const void* p) {
+    const char* now = static_cast<const char*>(p);
+    const char* want = now + kAhead < end_ ? now + kAhead : end_;
+    if (next_ < now) next_ = now;
 #if defined(__GNUC__)
     for (; next_ < want; next_ += 64) __builtin_prefetch(next_);
 #else

@@ -498,7 +498,7 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
     const T* Mi = Mk + i * m;
     T* Ki = s.K.data() + i * m;
     T w = 0, z = 0;
-    costs.upto(Mi + m);
+    costs.at(Mi);
     if (neg_reg.fused) {
       checked_exp_row<true>(Mi, m, neg_reg, Ki, w, z);
     } else {
@@ -548,7 +548,7 @@ TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T
   for (int64_t i = 0; i < n; ++i) {
     if (i % poll_rows == 0 && interrupted()) break;  // target_clones: no throw here (parallel.h)
     const T* row = Mk + i * m;
-    costs.upto(row + m);
+    costs.at(row);
     const T keep = ak[i] > 0 ? T(1) : T(0);  // padding rows: checked, not in the maximum
     T w = 0, z = 0;
 #pragma omp simd reduction(max : w) reduction(+ : z)
