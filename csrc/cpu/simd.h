@@ -188,18 +188,24 @@ class ReadAhead {
   const char* end_;
 };
 
-// An output region written front to back, run after run, with stores that bypass the caches (SSE2's
-// 16-byte non-temporal stores, in every clone): a plan of tens of megabytes written once and not
-// read back here then costs its writes only, not a read of every line first. Entries are held back
-// until a whole aligned 16 bytes can be stored, so that runs of any length (a packed problem's rows)
-// make one stream; only the region's first and last few entries are plain stores. finish() writes
-// those and orders the stores before what follows (the threads' join). Without SSE2: plain stores.
-template <typename T>
+// An output region written front to back, run after run. With Bypass, stores that bypass the
+// caches (SSE2's 16-byte non-temporal stores, in every clone): a plan of tens of megabytes written
+// once and not read back here then costs its writes only, not a read of every line first. Entries
+// are held back until a whole aligned 16 bytes can be stored, so that runs of any length (a packed
+// problem's rows) make one stream; only the region's first and last few entries are plain stores.
+// finish() writes those and orders the stores before what follows (the threads' join). Without
+// Bypass, or without SSE2: plain stores, left in the caches for a caller who reads them soon.
+template <typename T, bool Bypass = true>
 class StreamWriter {
  public:
   explicit StreamWriter(T* dst) : dst_(dst) {}
   TOPOOT_INLINE void put(const T* src, int64_t n) {
 #if defined(__SSE2__)
+    if constexpr (!Bypass) {
+      std::memcpy(dst_, src, static_cast<size_t>(n) * sizeof(T));
+      dst_ += n;
+      return;
+    }
     int64_t j = 0;
     while (j < n && held_ == 0 && (reinterpret_cast<uintptr_t>(dst_) & 15) != 0) *dst_++ = src[j++];
     while (j < n && held_ > 0) {
@@ -222,6 +228,11 @@ class StreamWriter {
   }
   TOPOOT_INLINE void put_zeros(int64_t n) {
 #if defined(__SSE2__)
+    if constexpr (!Bypass) {
+      std::memset(dst_, 0, static_cast<size_t>(n) * sizeof(T));
+      dst_ += n;
+      return;
+    }
     const T zeros[kLanes] = {};
     for (; n > 0 && (held_ > 0 || (reinterpret_cast<uintptr_t>(dst_) & 15) != 0); --n) put(zeros, 1);
     T* d = dst_;
@@ -235,9 +246,11 @@ class StreamWriter {
   }
   TOPOOT_INLINE void finish() {
 #if defined(__SSE2__)
-    for (int t = 0; t < held_; ++t) *dst_++ = buf_[t];
-    held_ = 0;
-    _mm_sfence();
+    if constexpr (Bypass) {
+      for (int t = 0; t < held_; ++t) *dst_++ = buf_[t];
+      held_ = 0;
+      _mm_sfence();
+    }
 #endif
   }
 

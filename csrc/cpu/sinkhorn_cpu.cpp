@@ -282,14 +282,15 @@ TOPOOT_INLINE T plan_row(const SinkhornScratch<T>& s, bool log_domain, int64_t i
 }
 
 // The plan of a solved problem, every entry of its n x m block, padding included, front to back
-// through a StreamWriter (SinkhornOptions::stream_plan). Returns whether every entry is finite.
-template <typename T>
-TOPOOT_INLINE bool stream_plan_rows(SinkhornScratch<T>& s, int64_t n, int64_t m, bool log_domain, T* Pk) {
+// through a StreamWriter (with Bypass: SinkhornOptions::stream_plan). Returns whether every entry
+// is finite.
+template <bool Bypass, typename T>
+TOPOOT_INLINE bool write_plan(SinkhornScratch<T>& s, int64_t n, int64_t m, bool log_domain, T* Pk) {
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / m);
   std::vector<T>& row = s.out_row;
   row.assign(m, T(0));  // its padding columns stay 0
-  StreamWriter<T> out(Pk);
+  StreamWriter<T, Bypass> out(Pk);
   T zero = 0;
   for (int64_t i = 0, r = 0; i < n; ++i) {  // r: the next real row
     if (i % poll_rows == 0 && interrupted()) break;
@@ -310,22 +311,12 @@ TOPOOT_INLINE bool stream_plan_rows(SinkhornScratch<T>& s, int64_t n, int64_t m,
   return zero == 0;
 }
 
-// Whether a problem's real rows and columns are its first ones (the padding, if any, at the end):
-// then its compact plan rows are the first entries of its padded rows. Rows and columns are
-// listed in increasing order, so the last one tells.
-template <typename T>
-TOPOOT_INLINE bool real_block_leads(const SinkhornScratch<T>& s) {
-  const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
-  return (nr == 0 || s.rows[nr - 1] == nr - 1) && (mc == 0 || s.cols[mc - 1] == mc - 1);
-}
-
-// A problem's real rows and columns into the scratch (a > 0, b > 0), its padding's outputs written
-// (plan 0, log scalings -inf; with stream_plan solve_built writes the plan's padding), the scratch
-// sized. Returns false when nothing is to be solved (no real row or column: a zero plan) or the
-// call was cancelled.
+// A problem's real rows and columns into the scratch (a > 0, b > 0), its padding's log scalings
+// written (-inf; solve_built writes the plan, padding included), the scratch sized. Returns false
+// when nothing is to be solved (no real row or column: a zero plan, written here).
 template <typename T>
 TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* bk, int64_t n, int64_t m, T* Pk,
-                                   T* luk, T* lvk, bool stream_plan) {
+                                   T* luk, T* lvk) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
   s.rows.clear();
   s.cols.clear();
@@ -336,22 +327,14 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
     if (bk[j] > 0) s.cols.push_back(j);
   }
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
-  const bool dense = nr == n && mc == m && nr > 0 && mc > 0;  // no padding to fill
-  if (!dense) {
+  if (!(nr == n && mc == m && nr > 0 && mc > 0)) {  // padding, or nothing to solve
     std::fill(luk, luk + n, neg_inf);
     std::fill(lvk, lvk + m, neg_inf);
-    if (Pk != nullptr && !(stream_plan && nr > 0 && mc > 0)) {
-      // With the padding at the end (the layout diagram_costs gives), solve_built writes the real
-      // block in place: only the padding is zeroed here, not every entry twice.
-      const int64_t skip = real_block_leads(s) ? mc : 0;
-      const int64_t poll_fill = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
-      for (int64_t i = 0; i < n; ++i) {  // row by row: a large plan's first touch takes a while
-        if (i % poll_fill == 0 && interrupted()) return false;  // target_clones: no throw here (parallel.h)
-        std::fill(Pk + i * m + (i < nr ? skip : 0), Pk + (i + 1) * m, T(0));
-      }
-    }
   }
-  if (nr == 0 || mc == 0) return false;  // nothing to transport: a zero plan
+  if (nr == 0 || mc == 0) {  // nothing to transport: a zero plan
+    if (Pk != nullptr) std::fill(Pk, Pk + n * m, T(0));
+    return false;
+  }
   s.a.resize(nr);
   s.b.resize(mc);
   s.K.resize(nr * mc);
@@ -384,9 +367,7 @@ TOPOOT_INLINE bool build_kernel(SinkhornScratch<T>& s, const T* Mk, int64_t m, c
 }
 
 // A prepared problem with its kernel built: iterate, write the plan (when asked for) and the log
-// scalings. A problem with no zero weight (every packed problem a caller builds from diagrams)
-// writes its plan row by row in place, with no scatter; with opt.stream_plan every entry is
-// streamed (stream_plan_rows). Returns whether every plan entry written is finite.
+// scalings (write_plan). Returns whether every plan entry written is finite.
 template <typename T>
 TOPOOT_INLINE bool solve_built(SinkhornScratch<T>& s, int64_t n, int64_t m, const SinkhornOptions& opt, T* Pk, T* luk,
                                T* lvk, int64_t& niter, T& errk, const T* ktu0 = nullptr) {
@@ -399,22 +380,8 @@ TOPOOT_INLINE bool solve_built(SinkhornScratch<T>& s, int64_t n, int64_t m, cons
   for (int64_t i = 0; i < nr; ++i) luk[s.rows[i]] = opt.log_domain ? s.u[i] : std::log(s.u[i]);
   for (int64_t j = 0; j < mc; ++j) lvk[s.cols[j]] = opt.log_domain ? s.v[j] : std::log(s.v[j]);
   if (Pk == nullptr) return true;
-  if (opt.stream_plan) return stream_plan_rows(s, n, m, opt.log_domain, Pk);
-  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
-  T zero = 0;
-  std::vector<T>& row = s.mx;  // a scattered row's compact values (mx is free after the solve)
-  const bool in_place = mc == m || real_block_leads(s);
-  for (int64_t i = 0; i < nr; ++i) {
-    if (i % poll_rows == 0 && interrupted()) return true;
-    T* out = Pk + s.rows[i] * m;
-    if (in_place) {
-      zero += plan_row(s, opt.log_domain, i, out);
-    } else {
-      zero += plan_row(s, opt.log_domain, i, row.data());
-      for (int64_t j = 0; j < mc; ++j) out[s.cols[j]] = row[j];
-    }
-  }
-  return zero == 0;
+  return opt.stream_plan ? write_plan<true>(s, n, m, opt.log_domain, Pk)
+                         : write_plan<false>(s, n, m, opt.log_domain, Pk);
 }
 
 // One problem, start to finish, its domain and kernel flavour already decided (opt.log_domain,
@@ -424,7 +391,7 @@ TOPOOT_INLINE bool solve_problem(SinkhornScratch<T>& s, const T* ak, const T* bk
                                  const SinkhornOptions& opt, T* Pk, T* luk, T* lvk, int64_t& niter, T& errk) {
   niter = 0;
   errk = 1;
-  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk, opt.stream_plan) || !build_kernel(s, Mk, m, opt)) return true;
+  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk) || !build_kernel(s, Mk, m, opt)) return true;
   return solve_built(s, n, m, opt, Pk, luk, lvk, niter, errk);
 }
 
@@ -483,7 +450,7 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   unsigned bad = 0;
   for (int64_t i = 0; i < n; ++i) bad |= non_finite(ak[i]);
   for (int64_t j = 0; j < m; ++j) bad |= non_finite(bk[j]);
-  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk, opt.stream_plan)) return st;  // cancelled (n, m > 0: dense)
+  prepare_problem(s, ak, bk, n, m, Pk, luk, lvk);  // every weight positive: something to solve
   const Divisor<T> neg_reg(-static_cast<T>(opt.reg));
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / m);
   // The solver's first K^T u (u = 1 / n), summed as the kernel is built, as solve_scaling sums it:

@@ -30,8 +30,7 @@ struct SinkhornOptions {
   // its writes only, not a read of every line first (2 cores, batches of 256 x 256 and of padded
   // 5..200 problems, 32 and 330 MB: 5% and 17% less time). Smaller plans are left in the caches.
   int64_t stream_plan_bytes = int64_t(16) << 20;
-  // Set by sinkhorn_batch from stream_plan_bytes: each problem's n x m plan block written front to
-  // back through a StreamWriter, padding included.
+  // Set by sinkhorn_batch from stream_plan_bytes: the plans' stores bypass the caches.
   bool stream_plan = false;
 };
 
@@ -88,7 +87,7 @@ template <typename T>
 struct SinkhornScratch {
   std::vector<int64_t> rows, cols;
   std::vector<T> a, b, u, v, u_prev, v_prev, col, mx;
-  std::vector<T> out_row;  // [m]: a plan row as the output holds it, padding included (stream_plan)
+  std::vector<T> out_row;  // [m]: a plan row as the output holds it, padding included
   Buffer<T> K;  // [rows, cols]: uninitialised when it grows (buffer.h)
 };
 
