@@ -418,7 +418,8 @@ def test_cpp_best_stability_reads_the_same_rows_from_the_solvers_last_pass(rng, 
     # iterations before, extrapolated); else it reads the plan after the solve. offer_margin=0 never
     # offers a pass (the plan read after the solve), inf offers every check after the first (passes
     # that do not stop: their rows dropped, the column bests started again), 1 is the rule. The
-    # three give the same bits (and margin 1 is checked against numpy above).
+    # three give the same bits (and margin 1 is checked against numpy above), as does the solver
+    # taking its rows' dot products two at a time.
     from topoot_gpu import _C
     from topoot_gpu.transport.results import SCALING_LIMIT
 
@@ -431,11 +432,76 @@ def test_cpp_best_stability_reads_the_same_rows_from_the_solvers_last_pass(rng, 
     for reg in (0.3, 0.05):
         args = (P, p_off, Q, q_off, cost == "diagonal", reg, 3000, 1e-9, SCALING_LIMIT[torch.float64], 2)
         runs = [_C.best_stability(*args, offer_margin=margin) for margin in (0.0, 1.0, float("inf"))]
+        # and with every row's dot products two at a time (SinkhornOptions::share_dots_bytes)
+        runs.append(_C.best_stability(*args, share_dots_bytes=0))
         longest = max(longest, int(runs[0][4].max()))
         for other in runs[1:]:
             for x, y in zip(runs[0], other):
                 np.testing.assert_array_equal(x, y)
     assert longest >= 20  # so at margin inf some passes were offered and did not stop
+
+
+@pytest.mark.parametrize("cost", ["normalized", "diagonal"])
+@pytest.mark.parametrize("kind", ["random", "quantised", "band", "tiny", "huge", "far"])
+def test_cpp_best_stability_screened_equals_every_stability_exact(rng, cost, kind):
+    # The C++ best_stability estimates each stability in float first and computes exactly only those
+    # that may change a best (blocks of eight); screen=False computes every one. Ties (quantised:
+    # equal S in a row and in a column), a band along the diagonal (raw-noise diagrams), and scales
+    # where the estimates are not trusted: normalized costs of diagrams within 1e-9 or spread to 1e30
+    # (1 / scale beyond 2^20 or below 2^-60: every entry exact; the diagonal's d2 then beyond
+    # float's range), and two far clusters at reg 0.002 (log domain) whose plan entries between them
+    # underflow float. Sizes with partial blocks of eight; both ways to reach the rows (the solver's
+    # last pass, or after it).
+    from topoot_gpu import _C
+    from topoot_gpu.transport.results import SCALING_LIMIT
+
+    def points(n):
+        if kind == "band":
+            low = rng.random(n) * 0.9
+            return np.stack([low, low + 0.1 * rng.random(n)], 1)
+        pts = np.sort(rng.random((n, 2)), 1)
+        if kind == "quantised":
+            return np.round(pts * 6) / 6
+        if kind == "far":  # two clusters: the plan between them is ~exp(-1 / reg) smaller
+            pts[: n // 2] += 40.0
+        return pts * {"tiny": 1e-9, "huge": 1e30}.get(kind, 1.0)
+
+    sizes_p, sizes_q = [1, 37, 150, 9, 0, 64], [3, 41, 123, 1, 5, 70]
+    P = np.concatenate([points(n) for n in sizes_p])
+    Q = np.concatenate([points(m) for m in sizes_q])
+    p_off, q_off = (np.concatenate([[0], np.cumsum(s)]).astype(np.int64) for s in (sizes_p, sizes_q))
+    reg = 0.002 if kind == "far" else 0.3
+    if cost == "diagonal" and kind == "huge":
+        reg = 1e62  # the costs reach 1e60
+    args = (P, p_off, Q, q_off, cost == "diagonal", reg, 2000, 1e-9, SCALING_LIMIT[torch.float64], 2)
+    for margin in (0.0, 1.0):
+        exact = _C.best_stability(*args, offer_margin=margin, screen=False)
+        screened = _C.best_stability(*args, offer_margin=margin)
+        for x, y in zip(exact, screened):
+            np.testing.assert_array_equal(x, y)
+    assert np.isfinite(exact[0]).all() and (exact[0] >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dots_two_rows_at_a_time_are_the_same(rng, dtype):
+    # The scaling domain takes its rows' dot products two at a time for long rows
+    # (SinkhornOptions::share_dots_bytes, 32 KiB); here at every length and at none, on packed
+    # problems with odd row counts and row lengths that leave every kind of tail.
+    from topoot_gpu import _C
+    from topoot_gpu.transport.padded import flat_layout
+    from topoot_gpu.transport.results import SCALING_LIMIT
+
+    sizes = [(1, 1), (3, 5), (7, 2), (13, 31), (9, 33), (64, 40), (21, 77), (40, 130)]
+    _, a, b, M, packed = packed_problems(rng, sizes)
+    a, b, M = (x.to(dtype) for x in (a, b, M))
+    kernel = getattr(_C, "sinkhorn_f32" if dtype == torch.float32 else "sinkhorn_f64")
+    runs = [
+        kernel(*flat_layout(a, b, M, packed), 0.05, 2000, 1e-6, 0, SCALING_LIMIT[dtype], True, 1, share_dots_bytes=t)
+        for t in (2**62, 0)
+    ]
+    assert runs[0][8]
+    for x, y in zip(runs[0][:5], runs[1][:5]):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("domain", ["scaling", "log"])

@@ -14,9 +14,12 @@ namespace topoot {
 // S = G / (1 + sqrt(max(M, 0))), and for every point its best stability over
 // the real points of the other diagram and the cost there (first maximum on
 // ties; S = 0, C = +inf when the other diagram is empty). Nothing
-// [B, n, m]-sized is ever materialised.
+// [B, n, m]-sized is ever materialised. screen: whether stabilities are
+// estimated first and only those that may change a best computed exactly (the
+// same bits either way; false is for tests).
 void best_stability_batch(const double* P, const int64_t* p_off, const double* Q, const int64_t* q_off, int64_t B,
                           bool diagonal, const SinkhornOptions& opt, double scaling_limit, int num_threads,
-                          double* s_row, double* c_row, double* s_col, double* c_col, int64_t* n_iter);
+                          double* s_row, double* c_row, double* s_col, double* c_col, int64_t* n_iter,
+                          bool screen = true);
 
 }  // namespace topoot

@@ -129,14 +129,16 @@ py::tuple input_stats(const topoot::SinkhornInputStats& st) {
   return py::make_tuple(st.finite, st.a_ok, st.b_ok, st.worst);
 }
 
-// domain: 0 scaling, 1 log, 2 auto (scaling_limit). stream_plan_bytes: SinkhornOptions' (tests set
-// it to reach both ways of writing the plan on small batches). Returns (plan or None, log_u, log_v,
+// domain: 0 scaling, 1 log, 2 auto (scaling_limit). stream_plan_bytes, share_dots_bytes:
+// SinkhornOptions' (tests set them to reach both ways of writing the plan and of taking the dot
+// products on small batches). Returns (plan or None, log_u, log_v,
 // n_iter, err, (finite, a_ok, b_ok, worst), overflow, log_domain, plan_finite); with bad inputs
 // (the fourth to sixth entries say which) the arrays are undefined.
 template <typename T>
 py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M, const Array<int64_t>& n_sizes,
                         const Array<int64_t>& m_sizes, double reg, int64_t max_iter, double stop_thr, int domain,
-                        double scaling_limit, bool want_plan, int num_threads, int64_t stream_plan_bytes) {
+                        double scaling_limit, bool want_plan, int num_threads, int64_t stream_plan_bytes,
+                        int64_t share_dots_bytes) {
   const Layout L = make_layout(n_sizes, m_sizes, a.size(), b.size(), M.size());
   if (!(reg > 0)) throw std::invalid_argument("reg: expected > 0");
   if (max_iter < 1) throw std::invalid_argument("max_iter: expected >= 1");
@@ -149,6 +151,7 @@ py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M,
   opt.auto_domain = domain == 2;
   opt.scaling_limit = scaling_limit;
   opt.stream_plan_bytes = stream_plan_bytes;
+  opt.share_dots_bytes = share_dots_bytes;
   Array<T> plan(want_plan ? M.size() : 0), log_u(a.size()), log_v(b.size()), err(L.B);
   Array<int64_t> n_iter(L.B);
   topoot::SinkhornReport report;
@@ -162,10 +165,12 @@ py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M,
                         input_stats(report.inputs), report.overflow, report.log_domain, report.plan_finite);
 }
 
-// The selection's transport step (best_stability_cpu.h): ragged points and offsets in.
+// The selection's transport step (best_stability_cpu.h): ragged points and offsets in. offer_margin,
+// share_dots_bytes (SinkhornOptions') and screen are for tests.
 py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, const Array<double>& Q,
                          const Array<int64_t>& q_off, bool diagonal, double reg, int64_t max_iter, double stop_thr,
-                         double scaling_limit, int num_threads, double offer_margin) {
+                         double scaling_limit, int num_threads, double offer_margin, int64_t share_dots_bytes,
+                         bool screen) {
   const int64_t B = p_off.shape(0) - 1;
   if (B < 0 || q_off.shape(0) != B + 1) throw std::invalid_argument("p_off, q_off: expected B + 1 offsets each");
   const int64_t np_ = p_off.data()[B], nq = q_off.data()[B];
@@ -177,13 +182,14 @@ py::tuple best_stability(const Array<double>& P, const Array<int64_t>& p_off, co
   opt.max_iter = max_iter;
   opt.stop_thr = stop_thr;
   opt.offer_margin = offer_margin;
+  opt.share_dots_bytes = share_dots_bytes;
   py::array_t<double> s_row(np_), c_row(np_), s_col(nq), c_col(nq);
   py::array_t<int64_t> n_iter(B);
   {
     py::gil_scoped_release release;
     topoot::best_stability_batch(P.data(), p_off.data(), Q.data(), q_off.data(), B, diagonal, opt, scaling_limit,
                                  num_threads, s_row.mutable_data(), c_row.mutable_data(), s_col.mutable_data(),
-                                 c_col.mutable_data(), n_iter.mutable_data());
+                                 c_col.mutable_data(), n_iter.mutable_data(), screen);
   }
   return py::make_tuple(s_row, c_row, s_col, c_col, n_iter);
 }
@@ -287,11 +293,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_sizes"), py::arg("m_sizes"), py::arg("num_threads"));
   m.def("best_stability", &best_stability, py::arg("P"), py::arg("p_off"), py::arg("Q"), py::arg("q_off"),
         py::arg("diagonal"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("scaling_limit"),
-        py::arg("num_threads"), py::arg("offer_margin") = 1.0);
+        py::arg("num_threads"), py::arg("offer_margin") = 1.0,
+        py::arg("share_dots_bytes") = topoot::SinkhornOptions{}.share_dots_bytes, py::arg("screen") = true);
   m.def("sinkhorn_f32", &sinkhorn_impl<float>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
         py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"),
-        py::arg("stream_plan_bytes") = topoot::SinkhornOptions{}.stream_plan_bytes);
+        py::arg("stream_plan_bytes") = topoot::SinkhornOptions{}.stream_plan_bytes,
+        py::arg("share_dots_bytes") = topoot::SinkhornOptions{}.share_dots_bytes);
   m.def(
       "release_scratch",
       [] {
@@ -302,5 +310,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("sinkhorn_f64", &sinkhorn_impl<double>, py::arg("a"), py::arg("b"), py::arg("M"), py::arg("n_sizes"),
         py::arg("m_sizes"), py::arg("reg"), py::arg("max_iter"), py::arg("stop_thr"), py::arg("domain"),
         py::arg("scaling_limit"), py::arg("want_plan"), py::arg("num_threads"),
-        py::arg("stream_plan_bytes") = topoot::SinkhornOptions{}.stream_plan_bytes);
+        py::arg("stream_plan_bytes") = topoot::SinkhornOptions{}.stream_plan_bytes,
+        py::arg("share_dots_bytes") = topoot::SinkhornOptions{}.share_dots_bytes);
 }

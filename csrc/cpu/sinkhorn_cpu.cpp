@@ -27,29 +27,66 @@
 namespace topoot {
 namespace {
 
-// dot(c * x, y) with 32 independent partial sums (the compiler may not reorder a floating-point
-// reduction itself, and a chain through one register waits out every add's latency: four AVX-512
-// or eight AVX2 registers in flight), then eight for what is left; each c * x[j] is rounded first,
-// as a stored row of c * x would be. x (a row of the kernel, which a large problem streams from
-// memory every iteration) is fetched 4 KiB ahead in software, as the hardware prefetchers do not
-// cross 4 KiB pages (a raw-noise map's 800 MB kernel on a 2-core Xeon: 6% less time per map).
+// dot(c * x, y) of one row in 32 independent partial sums (the compiler may not reorder a
+// floating-point reduction itself, and a chain through one register waits out every add's latency:
+// four AVX-512 or eight AVX2 registers in flight), then eight for what is left; each c * x[j] is
+// rounded first, as a stored row of c * x would be. One object per row (an array of sums per row:
+// the compiler keeps each in registers, where one array for two rows stayed in memory).
+template <typename T>
+struct PartialDot {
+  T acc[32] = {};
+  TOPOOT_INLINE void add32(T c, const T* x, const T* y) {
+    for (int t = 0; t < 32; ++t) acc[t] += (c * x[t]) * y[t];
+  }
+  // The sum, with entries j .. n - 1 (fewer than 32) added.
+  TOPOOT_INLINE T finish(T c, const T* x, const T* y, int64_t j, int64_t n) {
+    for (int t = 0; t < 8; ++t) acc[t] = (acc[t] + acc[t + 8]) + (acc[t + 16] + acc[t + 24]);
+    for (; j + 8 <= n; j += 8) {
+      for (int t = 0; t < 8; ++t) acc[t] += (c * x[j + t]) * y[j + t];
+    }
+    for (; j < n; ++j) acc[0] += (c * x[j]) * y[j];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  }
+};
+
+// Rows of a kernel, which a large problem streams from memory every iteration, are fetched 4 KiB
+// ahead in software, as the hardware prefetchers do not cross 4 KiB pages (a raw-noise map's
+// 800 MB kernel on a 2-core Xeon: 6% less time per map).
+template <typename T>
+TOPOOT_INLINE void fetch_ahead(const T* x) {
+#if defined(__GNUC__)
+  constexpr int64_t ahead = 4096 / sizeof(T);
+  for (int t = 0; t < 32; t += 64 / static_cast<int>(sizeof(T))) __builtin_prefetch(x + t + ahead);
+#else
+  (void)x;
+#endif
+}
+
 template <typename T>
 TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
-  constexpr int64_t ahead = 4096 / sizeof(T);
-  T acc[32] = {};
+  PartialDot<T> d;
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
-#if defined(__GNUC__)
-    for (int t = 0; t < 32; t += 64 / static_cast<int>(sizeof(T))) __builtin_prefetch(x + j + t + ahead);
-#endif
-    for (int t = 0; t < 32; ++t) acc[t] += (c * x[j + t]) * y[j + t];
+    fetch_ahead(x + j);
+    d.add32(c, x + j, y + j);
   }
-  for (int t = 0; t < 8; ++t) acc[t] = (acc[t] + acc[t + 8]) + (acc[t + 16] + acc[t + 24]);
-  for (; j + 8 <= n; j += 8) {
-    for (int t = 0; t < 8; ++t) acc[t] += (c * x[j + t]) * y[j + t];
+  return d.finish(c, x, y, j, n);
+}
+
+// scaled_dot of two rows x0, x1 with one y, the same bits: the rows share every load of y
+// (SinkhornOptions::share_dots_bytes).
+template <typename T>
+TOPOOT_INLINE void scaled_dot2(T c0, const T* x0, T c1, const T* x1, const T* y, int64_t n, T& r0, T& r1) {
+  PartialDot<T> d0, d1;
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    fetch_ahead(x0 + j);
+    fetch_ahead(x1 + j);
+    d0.add32(c0, x0 + j, y + j);
+    d1.add32(c1, x1 + j, y + j);
   }
-  for (; j < n; ++j) acc[0] += (c * x[j]) * y[j];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  r0 = d0.finish(c0, x0, y, j, n);
+  r1 = d1.finish(c1, x1, y, j, n);
 }
 
 // col += x * c: K^T u of the first u, row by row (one expression for both places that sum it).
@@ -83,8 +120,8 @@ TOPOOT_INLINE bool offer_pass(int64_t ii, T e1, T e2, const SinkhornOptions& opt
 }
 
 // sink, sunk: see sinkhorn_solve_kernel_f64 (which clears *sunk; set here when the solve stops).
-template <typename T>
-TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt,
+template <bool ShareDots, typename T>
+TOPOOT_INLINE void solve_scaling_as(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt,
                                  int64_t& niter, T& err, const T* ktu0 = nullptr, SinkhornRowSink* sink = nullptr,
                                  bool* sunk = nullptr) {
   if constexpr (!std::is_same_v<T, double>) sink = nullptr;  // the sink takes double rows
@@ -128,11 +165,18 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
     };
     for (int64_t j = 0; j < mc; ++j) next[j] = 0;
     int64_t i = 0;
-    for (; i + 2 <= nr; i += 2) {  // two rows per sweep of next: half its loads and stores
+    for (; i + 2 <= nr; i += 2) {  // two rows per sweep of v and of next: half their loads and stores
       const T* Ki = K + i * mc;
       const T* Kj = Ki + mc;
-      const T ui = u[i] = T(1) / scaled_dot(T(1) / a[i], Ki, v, mc);
-      const T uj = u[i + 1] = T(1) / scaled_dot(T(1) / a[i + 1], Kj, v, mc);
+      T di, dj;
+      if constexpr (ShareDots) {
+        scaled_dot2(T(1) / a[i], Ki, T(1) / a[i + 1], Kj, v, mc, di, dj);
+      } else {
+        di = scaled_dot(T(1) / a[i], Ki, v, mc);
+        dj = scaled_dot(T(1) / a[i + 1], Kj, v, mc);
+      }
+      const T ui = u[i] = T(1) / di;
+      const T uj = u[i + 1] = T(1) / dj;
       bad |= !std::isfinite(ui) || !std::isfinite(uj);
       for (int64_t j = 0; j < mc; ++j) next[j] += Ki[j] * ui + Kj[j] * uj;
       give(i, ui, Ki);
@@ -165,6 +209,34 @@ TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, 
     }
   }
   niter = std::min(ii, opt.max_iter - 1);
+}
+
+// solve_scaling_as with the rows' dots two at a time (SinkhornOptions::share_dots_bytes): a function
+// of its own, called once a problem, as its loop inlined beside the other made small problems 3-5%
+// slower.
+TOPOOT_TARGET_CLONES_WIDE void solve_scaling_shared_f32(SinkhornScratch<float>& s, int64_t nr, int64_t mc,
+                                                        const SinkhornOptions& opt, int64_t& niter, float& err,
+                                                        const float* ktu0, SinkhornRowSink* sink, bool* sunk) {
+  solve_scaling_as<true>(s, nr, mc, opt, niter, err, ktu0, sink, sunk);
+}
+TOPOOT_TARGET_CLONES_WIDE void solve_scaling_shared_f64(SinkhornScratch<double>& s, int64_t nr, int64_t mc,
+                                                        const SinkhornOptions& opt, int64_t& niter, double& err,
+                                                        const double* ktu0, SinkhornRowSink* sink, bool* sunk) {
+  solve_scaling_as<true>(s, nr, mc, opt, niter, err, ktu0, sink, sunk);
+}
+
+// POT's scaling-domain iterations on a prepared problem (solve_scaling_as).
+template <typename T>
+TOPOOT_INLINE void solve_scaling(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt,
+                                 int64_t& niter, T& err, const T* ktu0 = nullptr, SinkhornRowSink* sink = nullptr,
+                                 bool* sunk = nullptr) {
+  if (mc * static_cast<int64_t>(sizeof(T)) < opt.share_dots_bytes) {
+    solve_scaling_as<false>(s, nr, mc, opt, niter, err, ktu0, sink, sunk);
+  } else if constexpr (sizeof(T) == 4) {
+    solve_scaling_shared_f32(s, nr, mc, opt, niter, err, ktu0, sink, sunk);
+  } else {
+    solve_scaling_shared_f64(s, nr, mc, opt, niter, err, ktu0, sink, sunk);
+  }
 }
 
 template <typename T>
