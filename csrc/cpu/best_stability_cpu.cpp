@@ -36,7 +36,7 @@ TOPOOT_INLINE T max_of(const T* x, int64_t n, T init) {
 struct StabilityRows {
   const double* P;
   int64_t n;
-  const double* Q;
+  const double *ql, *qh;  // Q's lows and highs, each contiguous (no strided loads in the loops)
   int64_t m;
   bool diagonal;
   Divisor<double> by_scale;  // dmax + 1e-12; not fused where it is infinite (then 1 / it is 0)
@@ -59,7 +59,7 @@ struct StabilityRows {
 // take one square root per entry instead of two, bit for bit.
 template <bool Diagonal, bool Fused>
 TOPOOT_INLINE void cost_and_divisor(const StabilityRows& p, double pl, double ph, int64_t j, double& M, double& div) {
-  const double dl = pl - p.Q[2 * j], dh = ph - p.Q[2 * j + 1];
+  const double dl = pl - p.ql[j], dh = ph - p.qh[j];
   const double d2 = dl * dl + dh * dh;
   if constexpr (Diagonal) {
     M = d2;
@@ -83,10 +83,9 @@ TOPOOT_INLINE void cost_row_as(const StabilityRows& p, double pl, double ph, dou
 // Row i of the costs, m(+1) entries; with the diagonal (paper text), an extra last column (the
 // point's distance to the diagonal) and an extra last row (the other side's, then 0).
 TOPOOT_INLINE void cost_row(const StabilityRows& p, int64_t i, double* out) {
-  const double* Qk = p.Q;
   const int64_t m = p.m;
   if (i == p.n) {
-    for (int64_t j = 0; j < m; ++j) out[j] = (Qk[2 * j + 1] - Qk[2 * j]) * (Qk[2 * j + 1] - Qk[2 * j]) / 2;
+    for (int64_t j = 0; j < m; ++j) out[j] = (p.qh[j] - p.ql[j]) * (p.qh[j] - p.ql[j]) / 2;
     out[m] = 0;  // diagonal to diagonal
     return;
   }
@@ -163,23 +162,25 @@ TOPOOT_INLINE void exact_stabilities(StabilityRows& p, double pl, double ph, int
 // estimate (NaN never wins), trusted if at least kEstimateLow, a trusted e below top * kRowMargin
 // has x < top (1 - kEstimateError) <= top's own x: not the row's first maximum (with top above
 // kEstimateHigh no e is ruled out so).
-template <bool Diagonal, bool Fused>
-TOPOOT_INLINE void stabilities_of_row_as(StabilityRows& p, int64_t i) {
+template <bool Diagonal, bool Fused, typename Plan>
+TOPOOT_INLINE void stabilities_of_row_as(StabilityRows& p, int64_t i, const Plan& plan) {
   const int64_t m = p.m;
   const double pl = p.P[2 * i], ph = p.P[2 * i + 1];
   double best = -1, best_M = std::numeric_limits<double>::quiet_NaN();
   int64_t j = 0;
   if (p.screen) {
-    const double* S = p.S;
-    const double* Q = p.Q;
+    double* S = p.S;
+    const double *ql = p.ql, *qh = p.qh;
     const double* sc = p.sc;
     float* e = p.estimate;
     uint8_t* open = p.open;
     const float inv_scale = p.inv_scale;
     for (int64_t k = 0; k < m; ++k) {
-      const double dl = pl - Q[2 * k], dh = ph - Q[2 * k + 1];
+      const double dl = pl - ql[k], dh = ph - qh[k];
       const float r = std::sqrt(static_cast<float>(dl * dl + dh * dh));
-      e[k] = static_cast<float>(S[k]) / (1.0f + (Diagonal ? r : r * inv_scale));
+      const double x = plan.entry(S, k);
+      if constexpr (Plan::kComputed) S[k] = x;
+      e[k] = static_cast<float>(x) / (1.0f + (Diagonal ? r : r * inv_scale));
     }
     const double top = max_of(e, m, -1.0f);
     const double row_floor = top <= kEstimateHigh ? top * kRowMargin : -std::numeric_limits<double>::infinity();
@@ -193,6 +194,9 @@ TOPOOT_INLINE void stabilities_of_row_as(StabilityRows& p, int64_t i) {
       if (any != 0) exact_stabilities<8, Diagonal, Fused>(p, pl, ph, j, best, best_M);
     }
   } else {
+    if constexpr (Plan::kComputed) {
+      for (int64_t k = 0; k < m; ++k) p.S[k] = plan.entry(p.S, k);
+    }
     for (; j + 8 <= m; j += 8) exact_stabilities<8, Diagonal, Fused>(p, pl, ph, j, best, best_M);
   }
   for (; j < m; ++j) exact_stabilities<1, Diagonal, Fused>(p, pl, ph, j, best, best_M);
@@ -200,13 +204,28 @@ TOPOOT_INLINE void stabilities_of_row_as(StabilityRows& p, int64_t i) {
   p.cr[i] = best_M;
 }
 
-TOPOOT_INLINE void stabilities_of_row(StabilityRows& p, int64_t i) {
+// Where a row's plan entries come from: p.S as written there (StoredPlan), or the solver's scalings
+// (ScaledPlan: u_i K_ij v_j, the products of sinkhorn_plan_row_f64 in its order, written to p.S as
+// the stabilities' first loop computes them, where a loop of their own cost 2% of a raw-noise map).
+struct StoredPlan {
+  static constexpr bool kComputed = false;
+  TOPOOT_INLINE double entry(const double* S, int64_t j) const { return S[j]; }
+};
+struct ScaledPlan {
+  static constexpr bool kComputed = true;
+  double ui;
+  const double *Ki, *v;
+  TOPOOT_INLINE double entry(const double*, int64_t j) const { return ui * Ki[j] * v[j]; }
+};
+
+template <typename Plan>
+TOPOOT_INLINE void stabilities_of_row(StabilityRows& p, int64_t i, const Plan& plan) {
   if (p.diagonal) {
-    stabilities_of_row_as<true, false>(p, i);
+    stabilities_of_row_as<true, false>(p, i, plan);
   } else if (p.by_scale.fused) {
-    stabilities_of_row_as<false, true>(p, i);
+    stabilities_of_row_as<false, true>(p, i, plan);
   } else {
-    stabilities_of_row_as<false, false>(p, i);
+    stabilities_of_row_as<false, false>(p, i, plan);
   }
 }
 
@@ -219,9 +238,7 @@ TOPOOT_TARGET_CLONES_EXACT void begin_offered(StabilityRows& p) { begin_stabilit
 // extra row has none.
 TOPOOT_TARGET_CLONES_EXACT void offered_row(StabilityRows& p, int64_t i, double ui, const double* Ki,
                                              const double* v) {
-  if (i >= p.n) return;
-  for (int64_t j = 0; j < p.m; ++j) p.S[j] = ui * Ki[j] * v[j];
-  stabilities_of_row(p, i);
+  if (i < p.n) stabilities_of_row(p, i, ScaledPlan{ui, Ki, v});
 }
 
 struct StabilitySink final : SinkhornRowSink {
@@ -233,7 +250,7 @@ struct StabilitySink final : SinkhornRowSink {
 
 struct StabilityScratch {
   SinkhornScratch<double> solver;
-  std::vector<double> wa, wb, cost_row, plan_row, bound, ktu;
+  std::vector<double> wa, wb, ql, qh, cost_row, plan_row, bound, ktu;
   std::vector<float> estimate;
   std::vector<uint8_t> open;
   std::vector<int64_t> order;
@@ -267,6 +284,12 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     double dmax = 0;
     // Large problems (10k x 10k points on raw noise) take seconds per pass: poll every few rows.
     const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
+    s.ql.resize(m);
+    s.qh.resize(m);
+    for (int64_t j = 0; j < m; ++j) {
+      s.ql[j] = Qk[2 * j];
+      s.qh[j] = Qk[2 * j + 1];
+    }
     s.cost_row.resize(mc);
     double* row = s.cost_row.data();
     if (!diagonal) {
@@ -302,7 +325,7 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
         if (k % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
         const double pl = Pk[2 * i], ph = Pk[2 * i + 1];
         for (int64_t j = 0; j < m; ++j) {
-          const double dl = pl - Qk[2 * j], dh = ph - Qk[2 * j + 1];
+          const double dl = pl - s.ql[j], dh = ph - s.qh[j];
           row[j] = dl * dl + dh * dh;
         }
         d2max = max_of(row, m, d2max);
@@ -316,9 +339,9 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     // The estimates' 1 / scale: within float's range, far from its ends (stabilities_of_row_as).
     const double inv_scale = 1.0 / scale;
     screen &= diagonal || (inv_scale >= 0x1p-60 && inv_scale <= 0x1p20);
-    StabilityRows rows{Pk, n,  Qk, m,  diagonal,          Divisor<double>(scale), sr,
-                       cr, sc, cc, s.plan_row.data(), s.estimate.data(),      s.open.data(),
-                       static_cast<float>(inv_scale), screen};
+    StabilityRows rows{Pk,        n,         s.ql.data(),       s.qh.data(), m, diagonal, Divisor<double>(scale),
+                       sr,        cr,        sc,                cc,          s.plan_row.data(),
+                       s.estimate.data(), s.open.data(), static_cast<float>(inv_scale), screen};
     double worst = 0;  // max |M|: every cost is >= 0
     if (diagonal) {
       for (int64_t i = 0; i < nr; ++i) {
@@ -361,7 +384,7 @@ TOPOOT_TARGET_CLONES_EXACT void stability_problem(StabilityScratch& s, const dou
     for (int64_t i = 0; i < n; ++i) {
       if (i % poll_rows == 0 && interrupted()) return;  // target_clones: no throw here (parallel.h)
       sinkhorn_plan_row_f64(s.solver, o.log_domain, i, rows.S);
-      stabilities_of_row(rows, i);
+      stabilities_of_row(rows, i, StoredPlan{});
     }
 }
 
