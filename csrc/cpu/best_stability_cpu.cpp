@@ -114,6 +114,8 @@ TOPOOT_INLINE void begin_stabilities(StabilityRows& p) {
 constexpr double kEstimateError = 0x1p-20;
 constexpr double kColumnMargin = 1 + 0x1p-12;
 constexpr double kRowMargin = 1 - 0x1p-11;
+static_assert(kColumnMargin - 1 >= 256 * kEstimateError && 1 - kRowMargin >= 256 * kEstimateError,
+              "the margins must dwarf the estimates' error");
 // Estimates trusted only in [kEstimateLow, kEstimateHigh]: every float in their computation normal.
 constexpr double kEstimateLow = 0x1p-100, kEstimateHigh = 0x1p100;
 
@@ -153,11 +155,12 @@ TOPOOT_INLINE void exact_stabilities(StabilityRows& p, double pl, double ph, int
 // where some estimate does not rule its entry out (a fifth of them there): the same bests, bit
 // for bit.
 //
-// Why an estimate e rules out: e = fl(S) / (1 + sqrt(fl(d2)) * inv_scale) in float. Each of its
-// roundings is relative 2^-24 while its values are normal, so |e - x| <= 8 * 2^-24 * x < x *
-// kEstimateError, x the exact stability; d2 below float's normal range moves the root by under
-// 2^-74 * inv_scale <= 2^-54 against a divisor >= 1 (screen asks inv_scale <= 2^20), and an e
-// outside [kEstimateLow, kEstimateHigh] (S or d2 out of float's range, NaN, 0) is not trusted.
+// Why an estimate e rules out: e = fl(S) / (1 + sqrt(fl(d2)) * inv_scale) in float (the diagonal's
+// costs: no inv_scale). Each of its roundings is relative 2^-24 while its values are normal, so
+// |e - x| <= 8 * 2^-24 * x < x * kEstimateError, x the exact stability; d2 below float's normal
+// range moves the root by under 2^-74 * inv_scale <= 2^-54 against a divisor >= 1 (screen asks
+// inv_scale <= 2^20), and an e outside [kEstimateLow, kEstimateHigh] (S or d2 out of float's
+// range, NaN, 0) is not trusted.
 // A trusted e with e * kColumnMargin <= sc[j] has x < sc[j]: not better. With top the row's largest
 // estimate (NaN never wins), trusted if at least kEstimateLow, a trusted e below top * kRowMargin
 // has x < top (1 - kEstimateError) <= top's own x: not the row's first maximum (with top above

@@ -131,9 +131,9 @@ py::tuple input_stats(const topoot::SinkhornInputStats& st) {
 
 // domain: 0 scaling, 1 log, 2 auto (scaling_limit). stream_plan_bytes, share_dots_bytes:
 // SinkhornOptions' (tests set them to reach both ways of writing the plan and of taking the dot
-// products on small batches). Returns (plan or None, log_u, log_v,
-// n_iter, err, (finite, a_ok, b_ok, worst), overflow, log_domain, plan_finite); with bad inputs
-// (the fourth to sixth entries say which) the arrays are undefined.
+// products on small batches). Returns (plan or None, log_u, log_v, n_iter, err, (finite, a_ok, b_ok,
+// worst), overflow, log_domain, plan_finite); with bad inputs (the fourth to sixth entries say
+// which) the arrays are undefined.
 template <typename T>
 py::tuple sinkhorn_impl(const Array<T>& a, const Array<T>& b, const Array<T>& M, const Array<int64_t>& n_sizes,
                         const Array<int64_t>& m_sizes, double reg, int64_t max_iter, double stop_thr, int domain,

@@ -122,8 +122,7 @@ TOPOOT_INLINE bool offer_pass(int64_t ii, T e1, T e2, const SinkhornOptions& opt
 // sink, sunk: see sinkhorn_solve_kernel_f64 (which clears *sunk; set here when the solve stops).
 template <bool ShareDots, typename T>
 TOPOOT_INLINE void solve_scaling_as(SinkhornScratch<T>& s, int64_t nr, int64_t mc, const SinkhornOptions& opt,
-                                 int64_t& niter, T& err, const T* ktu0 = nullptr, SinkhornRowSink* sink = nullptr,
-                                 bool* sunk = nullptr) {
+                                    int64_t& niter, T& err, const T* ktu0, SinkhornRowSink* sink, bool* sunk) {
   if constexpr (!std::is_same_v<T, double>) sink = nullptr;  // the sink takes double rows
   const T* K = s.K.data();
   T* u = s.u.data();
