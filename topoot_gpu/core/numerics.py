@@ -17,4 +17,4 @@ def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
     torch's."""
     if x.device.type != "cpu" or x.requires_grad or x.dtype not in (torch.float32, torch.float64):
         return torch.sqrt(x)
-    return torch.from_numpy(np.sqrt(x.numpy()))
+    return torch.from_numpy(np.asarray(np.sqrt(x.numpy())))  # a 0-d input gives a numpy scalar
