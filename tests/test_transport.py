@@ -95,12 +95,42 @@ def test_padding_invariance(rng, backend):
 
 @pytest.mark.filterwarnings("ignore:sinkhorn")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("domain", ["auto", "scaling", "log"])
+@pytest.mark.parametrize("backend", ["cpp", "torch", "reference"])
+def test_padding_costs_are_ignored_whatever_their_value(rng, backend, domain, dtype):
+    """Padding costs (a zero-weight row or column) may hold anything, NaN and inf included: the
+    plans, scalings and n_iter are those of zeros there, bit for bit, with padding rows and columns
+    before, between and after the real ones; a non-finite real cost is still refused."""
+    problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(5, 9), (33, 2), (17, 40), (1, 1), (0, 3)]]
+    a, b, M = pad_batch(problems, pad_to=(36, 43), dtype=dtype)
+    for k in range(len(problems)):  # padding scattered through rows and columns
+        rows, cols = torch.from_numpy(rng.permutation(36)), torch.from_numpy(rng.permutation(43))
+        a[k], b[k], M[k] = a[k, rows], b[k, cols], M[k][rows][:, cols]
+    pad = ~((a > 0)[:, :, None] & (b > 0)[:, None, :])
+    junk = torch.from_numpy(rng.choice([np.nan, np.inf, -np.inf, 1e30, -7.0], size=tuple(M.shape))).to(dtype)
+    clean = sinkhorn(a, b, M.masked_fill(pad, 0.0), reg=0.05, domain=domain, backend=backend)
+    dirty = sinkhorn(a, b, torch.where(pad, junk, M), reg=0.05, domain=domain, backend=backend)
+    assert clean.domain == dirty.domain
+    for f in ("plan", "log_u", "log_v", "n_iter", "err"):
+        assert torch.equal(getattr(clean, f), getattr(dirty, f)), f
+    assert torch.all(dirty.plan[pad] == 0) and bool(torch.isfinite(dirty.plan).all())
+    assert dirty.plan[0].sum().item() == pytest.approx(1.0, abs=1e-5)
+    for bad in (float("nan"), float("inf")):
+        real = torch.nonzero(~pad[2])[7]
+        M_bad = torch.where(pad, junk, M)
+        M_bad[2, real[0], real[1]] = bad
+        with pytest.raises(ValueError, match="M"):
+            sinkhorn(a, b, M_bad, reg=0.05, domain=domain, backend=backend)
+
+
+@pytest.mark.filterwarnings("ignore:sinkhorn")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", ["plain", "subnormal kernel", "auto to log"])
 def test_the_check_folded_into_the_kernel_changes_no_bit(rng, dtype, case):
-    """The "cpp" backend checks a problem with no padding while it builds its kernel (read once),
-    and a padded one first: the same problems through both orders give the same bits, including
-    when the check sends a problem back for another kernel (costs allowing subnormal entries; the
-    log domain picked by "auto")."""
+    """The "cpp" backend checks a problem while it builds its kernel (its real costs read once),
+    padded or not: the same problems with and without padding give the same bits, including when
+    the check sends a problem back for another kernel (costs allowing subnormal entries; the log
+    domain picked by "auto")."""
     problems = [random_problem(rng, n, m, cost="diagram") for n, m in [(1, 1), (5, 9), (40, 23), (64, 64)]]
     domain, reg = "scaling", 0.05
     if case == "subnormal kernel":  # exp(-M / reg) down to about e^-900 (float32: e^-100)

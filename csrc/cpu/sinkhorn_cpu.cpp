@@ -307,9 +307,11 @@ TOPOOT_INLINE T over_neg_reg(T x, const Divisor<T>& neg_reg) {
   }
 }
 
+// Without Subnormal, every x = M / -reg lies in exp_fast's normal range (|M| <= max |M| with
+// sinkhorn_kernel_may_be_subnormal false: |x| <= 708, float 87): the bounded exp.
 template <bool Fused, bool Subnormal, typename T>
 TOPOOT_INLINE void exp_row(const T* M, int64_t m, const Divisor<T>& neg_reg, T* K) {
-  for (int64_t j = 0; j < m; ++j) K[j] = exp_fast<T, Subnormal>(over_neg_reg<Fused>(M[j], neg_reg));
+  for (int64_t j = 0; j < m; ++j) K[j] = exp_fast<T, Subnormal, !Subnormal>(over_neg_reg<Fused>(M[j], neg_reg));
 }
 
 // The solver's matrix entry from a cost, as POT writes it: exp(M / -reg) in the scaling domain,
@@ -489,27 +491,71 @@ SinkhornOptions problem_options(const SinkhornOptions& opt, double worst, bool l
   return o;
 }
 
+// The weights of one problem, padding included: whether they are finite and non-negative. Returns
+// the non-finite flag (1 when some weight is NaN or infinite).
+template <typename T>
+TOPOOT_INLINE unsigned check_weights(const T* ak, const T* bk, int64_t n, int64_t m, SinkhornInputStats& st) {
+  unsigned bad = 0;
+  bool a_neg = false, b_neg = false;
+  for (int64_t i = 0; i < n; ++i) {
+    bad |= non_finite(ak[i]);
+    a_neg |= ak[i] < 0;
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    bad |= non_finite(bk[j]);
+    b_neg |= bk[j] < 0;
+  }
+  st.a_ok = !a_neg;
+  st.b_ok = !b_neg;
+  return bad;
+}
+
+// The real columns of a problem's row (b > 0) as a span [lo, hi) and, where padding columns lie
+// inside it, a 1/0 mask over the span: the costs read are the span's only (a batch padded to its
+// largest problem holds its real block first; its padding is never read).
+template <typename T>
+struct RealColumns {
+  int64_t lo = 0, hi = 0;
+  bool masked = false;
+  std::vector<T> mask;
+  explicit RealColumns(const std::vector<int64_t>& cols) {
+    if (cols.empty()) return;
+    lo = cols.front();
+    hi = cols.back() + 1;
+    masked = hi - lo != static_cast<int64_t>(cols.size());
+    if (masked) {
+      mask.assign(hi - lo, T(0));
+      for (int64_t j : cols) mask[j - lo] = T(1);
+    }
+  }
+};
+
 // A scaling-domain kernel row (no subnormal entries) and, in the same loop, the row's max |M| (w)
-// and sum of M * 0 (z: 0 unless some M is NaN or infinite). exp_fast of a NaN is garbage, not
-// undefined: such a problem is refused.
+// and sum of M * 0 (z: 0 unless some M is NaN or infinite). The bounded exp: the kernel is kept
+// only when the problem's max |M| / reg puts every M / -reg in its range (else it is built again
+// or the problem refused), so an entry out of range or NaN is garbage nothing uses.
+// M and K may be one row (a gathered row's kernel built in place): each cost is read before its
+// entry is written.
 template <bool Fused, typename T>
 TOPOOT_INLINE void checked_exp_row(const T* M, int64_t m, const Divisor<T>& neg_reg, T* K, T& w, T& z) {
 #pragma omp simd reduction(max : w) reduction(+ : z)
   for (int64_t j = 0; j < m; ++j) {
-    K[j] = exp_fast<T, false>(over_neg_reg<Fused>(M[j], neg_reg));
-    w = std::max(w, std::abs(M[j]));
-    z += M[j] * T(0);
+    const T x = M[j];
+    w = std::max(w, std::abs(x));
+    z += x * T(0);
+    K[j] = exp_fast<T, false, true>(over_neg_reg<Fused>(x, neg_reg));
   }
 }
 
-// A problem whose every weight is positive (no padding), in the scaling domain or with the domain
-// picked from its costs (opt.auto_domain): its input check made in the same pass that builds its
-// scaling-domain kernel, so its costs are read once (a batch of 64 256 x 256 problems from memory,
-// one thread: 347 us a problem against 360 with the check as a pass of its own). The kernel is
-// built for the common case (no subnormal entry) and built again when the check rules otherwise
-// (log domain, or max |M| / reg allowing subnormal entries): the same kernel the check-first order
-// builds. Returns the check; solves only when it passes (then
-// log_domain tells the domain that ran and finite whether the plan is).
+// A problem in the scaling domain or with the domain picked from its costs (opt.auto_domain): its
+// input check (check_problem's) made in the same pass that builds its scaling-domain kernel, so
+// its real costs are read once and its padding's never (a batch of 64 256 x 256 problems from
+// memory, one thread: 347 us a problem against 360 with the check as a pass of its own; a batch
+// padded to its largest problem then costs about what the packed one does). The kernel is built
+// for the common case (no subnormal entry) and built again when the check rules otherwise (log
+// domain, or max |M| / reg allowing subnormal entries): the same kernel the check-first order
+// builds. Returns the check; solves only when it passes (then log_domain tells the domain that ran
+// and finite whether the plan is).
 template <typename T>
 TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T* ak, const T* bk, const T* Mk,
                                                  int64_t n, int64_t m, const SinkhornOptions& opt, T* Pk, T* luk,
@@ -519,31 +565,38 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   log_domain = false;
   finite = true;
   SinkhornInputStats st;
-  unsigned bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad |= non_finite(ak[i]);
-  for (int64_t j = 0; j < m; ++j) bad |= non_finite(bk[j]);
-  prepare_problem(s, ak, bk, n, m, Pk, luk, lvk);  // every weight positive: something to solve
+  unsigned bad = check_weights(ak, bk, n, m, st);
+  if (!prepare_problem(s, ak, bk, n, m, Pk, luk, lvk)) {  // no real row or column: a zero plan
+    st.finite = bad == 0;
+    return st;
+  }
+  const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
+  const bool gather = s.cols.back() != mc - 1;  // the real columns are not the row's first mc
   const Divisor<T> neg_reg(-static_cast<T>(opt.reg));
-  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / m);
-  // The solver's first K^T u (u = 1 / n), summed as the kernel is built, as solve_scaling sums it:
+  const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
+  // The solver's first K^T u (u = 1 / nr), summed as the kernel is built, as solve_scaling sums it:
   // one pass less over K, unless the kernel is built again.
   T* ktu = s.col.data();
-  std::fill(ktu, ktu + m, T(0));
-  const T u0 = T(1) / static_cast<T>(n);
+  std::fill(ktu, ktu + mc, T(0));
+  const T u0 = T(1) / static_cast<T>(nr);
   T worst = 0, zero = 0;
   ReadAhead costs(Mk, Mk + n * m);
-  for (int64_t i = 0; i < n; ++i) {
-    if (i % poll_rows == 0 && interrupted()) return st;  // target_clones: no throw here (parallel.h)
-    const T* Mi = Mk + i * m;
-    T* Ki = s.K.data() + i * m;
+  for (int64_t r = 0; r < nr; ++r) {
+    if (r % poll_rows == 0 && interrupted()) return st;  // target_clones: no throw here (parallel.h)
+    const T* Mi = Mk + s.rows[r] * m;
+    T* Ki = s.K.data() + r * mc;
     T w = 0, z = 0;
     costs.at(Mi);
-    if (neg_reg.fused) {
-      checked_exp_row<true>(Mi, m, neg_reg, Ki, w, z);
-    } else {
-      checked_exp_row<false>(Mi, m, neg_reg, Ki, w, z);
+    if (gather) {
+      for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
+      Mi = Ki;
     }
-    add_scaled_row(ktu, Ki, u0, m);
+    if (neg_reg.fused) {
+      checked_exp_row<true>(Mi, mc, neg_reg, Ki, w, z);
+    } else {
+      checked_exp_row<false>(Mi, mc, neg_reg, Ki, w, z);
+    }
+    add_scaled_row(ktu, Ki, u0, mc);
     worst = std::max(worst, w);
     zero += z;
   }
@@ -559,43 +612,47 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   return st;
 }
 
-// Over the real entries of one problem (a > 0 row, b > 0 column): max |M|. Over all its entries,
-// padding included: whether a, b and M are finite, a and b non-negative. The loop over the costs
-// is an `omp simd` reduction, exact in any order: a maximum, and a sum of x * 0, which stays 0
-// unless some x is NaN or infinite (then NaN). A NaN in a row's maximum is harmless: that row's
-// sum flags it.
+// Over the real entries of one problem (a > 0 row, b > 0 column): whether they are finite, and max
+// |M|. Padding costs are not read (any value, NaN included), except a masked span's. Over its
+// weights, padding included: whether they are finite and non-negative. The loop over the costs is
+// an `omp simd` reduction, exact in any order: a maximum, and a sum of x * 0, which stays 0 unless
+// some x is NaN or infinite (then NaN); a padding entry inside the span is selected out, not
+// multiplied (NaN * 0 is NaN). A NaN in a row's maximum is harmless: that row's sum flags it.
 template <typename T>
 TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m) {
   SinkhornInputStats st;
-  unsigned bad = 0;
-  bool neg = false;
-  for (int64_t i = 0; i < n; ++i) {
-    bad |= non_finite(ak[i]);
-    st.a_ok &= !(ak[i] < 0);
-  }
+  unsigned bad = check_weights(ak, bk, n, m, st);
+  std::vector<int64_t> cols;
   for (int64_t j = 0; j < m; ++j) {
-    bad |= non_finite(bk[j]);
-    neg |= bk[j] < 0;
+    if (bk[j] > 0) cols.push_back(j);
   }
-  st.b_ok = !neg;
+  const RealColumns<T> span(cols);
+  const int64_t width = span.hi - span.lo;
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
-  std::vector<T> col_real(m);  // 1 on a real column, 0 on padding: the maximum's mask as a product
-  for (int64_t j = 0; j < m; ++j) col_real[j] = bk[j] > 0 ? T(1) : T(0);
-  const T* mask = col_real.data();
+  const T* mask = span.mask.data();
   T worst = 0, zero = 0;
   ReadAhead costs(Mk, Mk + n * m);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n && width > 0; ++i) {
     if (i % poll_rows == 0 && interrupted()) break;  // target_clones: no throw here (parallel.h)
-    const T* row = Mk + i * m;
+    if (!(ak[i] > 0)) continue;  // a padding row: not read
+    const T* row = Mk + i * m + span.lo;
     costs.at(row);
-    const T keep = ak[i] > 0 ? T(1) : T(0);  // padding rows: checked, not in the maximum
     T w = 0, z = 0;
+    if (span.masked) {
 #pragma omp simd reduction(max : w) reduction(+ : z)
-    for (int64_t j = 0; j < m; ++j) {
-      w = std::max(w, std::abs(row[j]) * mask[j]);
-      z += row[j] * T(0);
+      for (int64_t j = 0; j < width; ++j) {
+        const T x = mask[j] > 0 ? row[j] : T(0);
+        w = std::max(w, std::abs(x));
+        z += x * T(0);
+      }
+    } else {
+#pragma omp simd reduction(max : w) reduction(+ : z)
+      for (int64_t j = 0; j < width; ++j) {
+        w = std::max(w, std::abs(row[j]));
+        z += row[j] * T(0);
+      }
     }
-    worst = std::max(worst, w * keep);
+    worst = std::max(worst, w);
     zero += z;
   }
   bad |= static_cast<unsigned>(!(zero == 0));
@@ -742,9 +799,8 @@ SinkhornReport sinkhorn_batch(const T* a, const T* b, const T* M, const Sinkhorn
     const int64_t n = L.n[k], m = L.m[k];
     const T* ak = a + L.a_off[k];
     const T* bk = b + L.b_off[k];
-    // No padding and no log domain asked for: checked while the kernel is built (check_and_solve).
-    if (!opt.log_domain && n > 0 && m > 0 && std::all_of(ak, ak + n, [](T x) { return x > 0; }) &&
-        std::all_of(bk, bk + m, [](T x) { return x > 0; })) {
+    // No log domain asked for: checked while the kernel is built (check_and_solve).
+    if (!opt.log_domain) {
       bool log = false, fin = true;
       T* Pk = plan == nullptr ? nullptr : plan + L.m_off[k];
       if constexpr (sizeof(T) == 4) {

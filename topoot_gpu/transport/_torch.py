@@ -110,11 +110,11 @@ def sinkhorn_scaling(a, b, M, *, reg, max_iter, stop_thr) -> SinkhornResult:
         # on padding rows, 0 elsewhere off the real block. A padding column's K^T u is then the sum
         # of the real u (zero only when every real column's is: POT's own stop), so its v is 0 /
         # that = 0; likewise a padding row's u = 0 / (sum of the real v), and v = 0 there makes
-        # (K / a) on (real row, padding column) count for nothing. Padding costs are zeroed first
-        # (exp(-0 / reg) = 1; M is finite), by products with 1 and 0 that leave the real entries'
-        # bits: those are POT's, exactly.
-        rows, cols = row.to(dtype)[:, :, None], col.to(dtype)[:, None, :]
-        K_all = (M * rows).mul_(cols).div_(-reg).exp_().mul_(rows)
+        # (K / a) on (real row, padding column) count for nothing. Padding costs (any value, NaN
+        # included) are replaced by 0 first (exp(-0 / reg) = 1); the real entries keep their bits:
+        # those are POT's, exactly.
+        rows = row.to(dtype)[:, :, None]
+        K_all = torch.where(row[:, :, None] & col[:, None, :], M, zero).div_(-reg).exp_().mul_(rows)
         Kp = (K_all * inv_a[:, :, None]).add_(1 - rows)
     # The scalings are kept as [B, 1, n] and [B, 1, m] rows, so that every product is a
     # vector-matrix bmm with no reshaping: K^T u as u^T K, and (K / a) v as v^T (K / a)^T through a

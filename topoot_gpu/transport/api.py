@@ -3,7 +3,8 @@
 One solver call runs a whole batch of problems ``(a_k, b_k, M_k)``, padded to a common
 ``[B, n, m]``. Rows with ``a = 0`` and columns with ``b = 0`` are padding: they start at
 ``log u = -inf`` / ``log v = -inf`` and never change a real entry, so a padded problem gives the
-plan of the same problem without its padding. (A real zero weight is treated the same way, which
+plan of the same problem without its padding. Padding costs are ignored, whatever their value:
+only real entries are checked finite. (A real zero weight is treated the same way, which
 equals POT on the problem with that row removed.) A batch may also come packed, the problems end
 to end with their sizes (``sizes=``; SPEC 3 speaks of padded batches only, packed ones are this
 library's extension): each problem then costs its own size in the ``"cpp"`` backend, and the
@@ -138,17 +139,18 @@ def _check_sizes(sizes: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_values(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, num_threads: int, sizes: tuple | None) -> float:
-    """Raise on NaN/inf or negative weights in a padded or packed (``sizes``) batch; return ``max
-    |M|`` over the real entries. CPU tensors are checked in one C++ pass, threaded over the
-    problems."""
+    """Raise on NaN/inf weights or real costs, or negative weights, in a padded or packed
+    (``sizes``) batch (padding costs may be anything); return ``max |M|`` over the real entries. CPU
+    tensors are checked in one C++ pass over the real costs, threaded over the problems."""
     if M.device.type == "cpu":
         check = _C.sinkhorn_check_f64 if M.dtype == torch.float64 else _C.sinkhorn_check_f32
         finite, a_ok, b_ok, worst = check(*flat_layout(a, b, M, sizes), num_threads)
     else:
-        finite = all(bool(torch.isfinite(x).all()) for x in (a, b, M))
-        a_ok, b_ok = not bool((a < 0).any()), not bool((b < 0).any())
         real = packed_real_costs(a, b, M, *sizes) if sizes else (a > 0)[:, :, None] & (b > 0)[:, None, :]
-        worst = float(torch.where(real, M.abs(), 0.0).max()) if finite and M.numel() else 0.0
+        real_M = torch.where(real, M, 0.0)
+        finite = all(bool(torch.isfinite(x).all()) for x in (a, b, real_M))
+        a_ok, b_ok = not bool((a < 0).any()), not bool((b < 0).any())
+        worst = float(real_M.abs().max()) if finite and M.numel() else 0.0
     check_inputs(finite, a_ok, b_ok, a, b, M)
     return worst
 
@@ -179,7 +181,9 @@ def sinkhorn(
     Args:
         a: ``[B, n]`` row weights (``0`` marks a padding row); packed: ``[sum n_sizes]``.
         b: ``[B, m]`` column weights (``0`` marks a padding column); packed: ``[sum m_sizes]``.
-        M: ``[B, n, m]`` costs; padding entries are ignored but must be finite. Packed: ``[sum
+        M: ``[B, n, m]`` costs; padding entries are ignored, any value (NaN and inf included: the
+            ``"cpp"`` backend does not read them, so a padded batch costs about what the packed one
+            does). Packed: ``[sum
             n_sizes * m_sizes]``, each problem's ``[n_k, m_k]`` costs row-major, problem after
             problem (:func:`diagram_costs` with ``packed=True`` builds them).
         reg: entropic regularisation, ``> 0``.
