@@ -51,8 +51,9 @@ struct SinkhornLayout {
   const int64_t* m_off;
 };
 
-// The input check of a batch: whether a, b and M are finite and a, b non-negative (every entry,
-// padding included), and max |M| over the real entries.
+// The input check of a batch: whether a and b are finite and non-negative (every entry, padding
+// included), whether M is finite, and max |M|, both over the real entries (padding costs are not
+// read).
 struct SinkhornInputStats {
   bool finite = true, a_ok = true, b_ok = true;
   double worst = 0;
