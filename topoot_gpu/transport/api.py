@@ -181,9 +181,9 @@ def sinkhorn(
     Args:
         a: ``[B, n]`` row weights (``0`` marks a padding row); packed: ``[sum n_sizes]``.
         b: ``[B, m]`` column weights (``0`` marks a padding column); packed: ``[sum m_sizes]``.
-        M: ``[B, n, m]`` costs; padding entries are ignored, any value (NaN and inf included: the
-            ``"cpp"`` backend does not read them, so a padded batch costs about what the packed one
-            does). Packed: ``[sum
+        M: ``[B, n, m]`` costs; padding entries are ignored, whatever their value (NaN and inf
+            included; the ``"cpp"`` backend reads no padding row and no column past a problem's
+            last real one, so a padded batch costs about what the packed one does). Packed: ``[sum
             n_sizes * m_sizes]``, each problem's ``[n_k, m_k]`` costs row-major, problem after
             problem (:func:`diagram_costs` with ``packed=True`` builds them).
         reg: entropic regularisation, ``> 0``.
