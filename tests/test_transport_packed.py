@@ -85,6 +85,28 @@ SIZES = [(1, 1), (5, 9), (33, 2), (0, 4), (17, 40), (64, 64), (3, 0), (90, 41)]
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch", "reference"])
+@pytest.mark.parametrize("domain", ["auto", "log"])
+def test_packed_costs_of_zero_weights_are_ignored_whatever_their_value(rng, backend, domain):
+    """In a packed batch a zero-weight row or column is padding too: NaN and inf costs there give
+    the results of finite ones, bit for bit."""
+    _, a, b, M, sizes = packed_problems(rng, SIZES, zero_weights=True)
+    n_sizes, m_sizes = sizes
+    start = int(n_sizes[0] * m_sizes[0])  # problem 1 (5 x 9): its first row and last column weigh 0
+    n, m = int(n_sizes[1]), int(m_sizes[1])
+    block = M[start : start + n * m].view(n, m)
+    dirty = M.clone()
+    dirty_block = dirty[start : start + n * m].view(n, m)
+    dirty_block[0] = float("nan")
+    dirty_block[1:, -1] = float("inf")
+    assert not torch.equal(block, dirty_block)
+    clean = sinkhorn(a, b, M, reg=0.05, max_iter=3000, domain=domain, backend=backend, sizes=sizes)
+    junk = sinkhorn(a, b, dirty, reg=0.05, max_iter=3000, domain=domain, backend=backend, sizes=sizes)
+    for f in ("plan", "log_u", "log_v", "n_iter", "err"):
+        assert torch.equal(getattr(clean, f), getattr(junk, f)), f
+    assert bool(torch.isfinite(junk.plan).all())
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch", "reference"])
 @pytest.mark.parametrize("domain", ["scaling", "log"])
 @pytest.mark.parametrize("zero_weights", [False, True])
 def test_packed_sinkhorn_equals_the_padded_one(rng, backend, domain, zero_weights):
