@@ -421,6 +421,17 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
 
 // The kernel of a prepared problem from its costs (kernel_row on its real rows and columns).
 // Returns false when the call was cancelled.
+// Real row r of a prepared problem's costs Mk [n, m], its real columns only: the row itself where
+// they are its first mc, else gathered into out [mc].
+template <typename T>
+TOPOOT_INLINE const T* real_costs(const SinkhornScratch<T>& s, const T* Mk, int64_t m, int64_t r, T* out) {
+  const T* Mi = Mk + s.rows[r] * m;
+  const int64_t mc = static_cast<int64_t>(s.cols.size());
+  if (s.cols.back() == mc - 1) return Mi;
+  for (int64_t j = 0; j < mc; ++j) out[j] = Mi[s.cols[j]];
+  return out;
+}
+
 template <typename T>
 TOPOOT_INLINE bool build_kernel(SinkhornScratch<T>& s, const T* Mk, int64_t m, const SinkhornOptions& opt) {
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
@@ -428,14 +439,8 @@ TOPOOT_INLINE bool build_kernel(SinkhornScratch<T>& s, const T* Mk, int64_t m, c
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   for (int64_t i = 0; i < nr; ++i) {
     if (i % poll_rows == 0 && interrupted()) return false;  // target_clones: no throw here (parallel.h)
-    const T* Mi = Mk + s.rows[i] * m;
     T* Ki = s.K.data() + i * mc;
-    if (mc == m) {
-      kernel_row(Mi, m, reg, opt.log_domain, opt.subnormal_kernel, Ki);
-    } else {
-      for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
-      kernel_row(Ki, mc, reg, opt.log_domain, opt.subnormal_kernel, Ki);
-    }
+    kernel_row(real_costs(s, Mk, m, i, Ki), mc, reg, opt.log_domain, opt.subnormal_kernel, Ki);
   }
   return true;
 }
@@ -510,22 +515,25 @@ TOPOOT_INLINE unsigned check_weights(const T* ak, const T* bk, int64_t n, int64_
   return bad;
 }
 
-// The real columns of a problem's row (b > 0) as a span [lo, hi) and, where padding columns lie
-// inside it, a 1/0 mask over the span: the costs read are the span's only (a batch padded to its
-// largest problem holds its real block first; its padding is never read).
+// The real columns of a problem (b > 0) as a span [lo, hi) of its rows and, where padding columns
+// lie inside it, a 1/0 mask over the span: check_problem reads the span's costs only (a batch padded
+// to its largest problem holds its real block first; its padding is never read).
 template <typename T>
 struct RealColumns {
   int64_t lo = 0, hi = 0;
   bool masked = false;
   std::vector<T> mask;
-  explicit RealColumns(const std::vector<int64_t>& cols) {
-    if (cols.empty()) return;
-    lo = cols.front();
-    hi = cols.back() + 1;
-    masked = hi - lo != static_cast<int64_t>(cols.size());
+  RealColumns(const T* bk, int64_t m) {
+    int64_t count = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      if (!(bk[j] > 0)) continue;
+      if (count++ == 0) lo = j;
+      hi = j + 1;
+    }
+    masked = hi - lo != count;
     if (masked) {
-      mask.assign(hi - lo, T(0));
-      for (int64_t j : cols) mask[j - lo] = T(1);
+      mask.resize(hi - lo);
+      for (int64_t j = lo; j < hi; ++j) mask[j - lo] = bk[j] > 0 ? T(1) : T(0);
     }
   }
 };
@@ -571,7 +579,6 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
     return st;
   }
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
-  const bool gather = s.cols.back() != mc - 1;  // the real columns are not the row's first mc
   const Divisor<T> neg_reg(-static_cast<T>(opt.reg));
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / mc);
   // The solver's first K^T u (u = 1 / nr), summed as the kernel is built, as solve_scaling sums it:
@@ -583,14 +590,10 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   ReadAhead costs(Mk, Mk + n * m);
   for (int64_t r = 0; r < nr; ++r) {
     if (r % poll_rows == 0 && interrupted()) return st;  // target_clones: no throw here (parallel.h)
-    const T* Mi = Mk + s.rows[r] * m;
     T* Ki = s.K.data() + r * mc;
     T w = 0, z = 0;
-    costs.at(Mi);
-    if (gather) {
-      for (int64_t j = 0; j < mc; ++j) Ki[j] = Mi[s.cols[j]];
-      Mi = Ki;
-    }
+    costs.at(Mk + s.rows[r] * m);
+    const T* Mi = real_costs(s, Mk, m, r, Ki);
     if (neg_reg.fused) {
       checked_exp_row<true>(Mi, mc, neg_reg, Ki, w, z);
     } else {
@@ -622,11 +625,7 @@ template <typename T>
 TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T* Mk, int64_t n, int64_t m) {
   SinkhornInputStats st;
   unsigned bad = check_weights(ak, bk, n, m, st);
-  std::vector<int64_t> cols;
-  for (int64_t j = 0; j < m; ++j) {
-    if (bk[j] > 0) cols.push_back(j);
-  }
-  const RealColumns<T> span(cols);
+  const RealColumns<T> span(bk, m);
   const int64_t width = span.hi - span.lo;
   const int64_t poll_rows = std::max<int64_t>(1, kPollEntries / std::max<int64_t>(1, m));
   const T* mask = span.mask.data();
