@@ -257,6 +257,7 @@ struct StabilityScratch {
   std::vector<float> estimate;
   std::vector<uint8_t> open;
   std::vector<int64_t> order;
+  size_t scratch_bytes() const { return solver.scratch_bytes(); }  // StatePool's order (parallel.h)
 };
 
 // Costs are never stored: each row is computed from the points when it is needed (for the largest

@@ -42,14 +42,18 @@ struct FreeScratch {
 // seconds for the 10^8-entry matrices of large transport problems, with no chance to poll for
 // Ctrl-C in between. Here the pages are faulted in by the first writes, inside the kernels'
 // polled loops. The contents are not kept when it grows (scratch only). T must be trivial.
+// A large block grows to a quarter more than asked: its pages are only address space until
+// written, and a later problem a little larger (the next image's diagrams) then fits in the
+// pages already faulted in instead of faulting in a whole new block.
 template <typename T>
 class Buffer {
  public:
   void resize(size_t n) {
     if (n > capacity_) {
       data_.reset();  // the old block goes first: never two large blocks at once
-      data_.reset(static_cast<T*>(allocate_scratch(n * sizeof(T))));
-      capacity_ = n;
+      const size_t want = n * sizeof(T) < kHugePage ? n : n + n / 4;
+      data_.reset(static_cast<T*>(allocate_scratch(want * sizeof(T))));
+      capacity_ = want;
     }
     size_ = n;
   }

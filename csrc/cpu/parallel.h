@@ -10,6 +10,8 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace topoot {
@@ -95,11 +97,23 @@ inline std::vector<size_t (*)()>& pool_releasers() {
 }
 }  // namespace detail
 
+// The bytes of scratch a state holds: State::scratch_bytes() where it has one, else 0.
+template <typename State, typename = void>
+struct ScratchBytes {
+  static size_t of(const State&) { return 0; }
+};
+template <typename State>
+struct ScratchBytes<State, std::void_t<decltype(std::declval<const State&>().scratch_bytes())>> {
+  static size_t of(const State& s) { return s.scratch_bytes(); }
+};
+
 // The scratch states (one type of State per kernel) that finished calls gave back. A worker of a
 // later call takes one instead of building a new one, so its buffers' pages are already there:
 // faulting in a 10k x 10k transport problem's 800 MB matrix anew was a fifth of the samples
-// of a raw-noise selection. Concurrent calls take different states. What stays allocated is one state per worker of
-// the most parallel calls so far, until release_scratch().
+// of a raw-noise selection. take() hands out the state holding the most scratch (ScratchBytes;
+// equal ones last given back first): see parallel_for. Concurrent calls take different states.
+// What stays allocated is one state per worker of the most parallel calls so far, until
+// release_scratch().
 template <typename State>
 class StatePool {
  public:
@@ -107,8 +121,12 @@ class StatePool {
     Pool& p = pool();
     std::lock_guard<std::mutex> lock(p.mutex);
     if (p.free.empty()) return std::make_unique<State>();
-    std::unique_ptr<State> s = std::move(p.free.back());
-    p.free.pop_back();
+    auto most = p.free.end() - 1;
+    for (auto it = p.free.begin(); it != p.free.end(); ++it) {
+      if (ScratchBytes<State>::of(**it) > ScratchBytes<State>::of(**most)) most = it;
+    }
+    std::unique_ptr<State> s = std::move(*most);
+    p.free.erase(most);
     return s;
   }
   static void give(std::unique_ptr<State> s) {
@@ -156,7 +174,13 @@ inline size_t release_scratch() {
 // Calls body(worker_state, i) for i in [0, n) on up to num_threads threads.
 // Each worker owns one State (scratch buffers), taken from StatePool<State> and
 // given back at the end, so that a caller that runs batch after batch does not
-// fault fresh pages in every time. The calling thread is one of the workers. The first
+// fault fresh pages in every time. A worker takes its first item and its state under
+// one lock, so the earlier item goes with the larger state: the kernels order their
+// items largest first, so each state meets, call after call, the problems it grew for.
+// (Taken in whatever order the threads started, the two 800 MB states of a raw-noise
+// selection swapped problems in about half the calls, and the one meeting a slightly
+// larger matrix than it held faulted all of it in anew: a fifth of the time.)
+// The calling thread is one of the workers. The first
 // exception thrown by a body is rethrown here (the other workers stop at their
 // next poll). When its own items are done, the calling thread keeps looking for
 // signals while it waits for the others, so Ctrl-C is honoured within ~50 ms of
@@ -170,9 +194,15 @@ void parallel_for(int64_t n, int num_threads, Body body) {
   std::condition_variable finished;
   int running = threads - 1;
   detail::Call call;
-  auto run = [&](State& state) {
+  std::mutex start_mutex;
+  auto start = [&]() {
+    std::lock_guard<std::mutex> lock(start_mutex);
+    const int64_t first = next.fetch_add(1);
+    return std::make_pair(first, StatePool<State>::take());
+  };
+  auto run = [&](State& state, int64_t first) {
     try {
-      for (int64_t i; (i = next.fetch_add(1)) < n;) {
+      for (int64_t i = first; i < n; i = next.fetch_add(1)) {
         poll();
         body(state, i);
       }
@@ -188,8 +218,8 @@ void parallel_for(int64_t n, int num_threads, Body body) {
   for (int t = 1; t < threads; ++t) {
     pool.emplace_back([&]() {
       detail::local() = detail::Local{&call, false, {}};
-      std::unique_ptr<State> state = StatePool<State>::take();
-      run(*state);
+      auto [first, state] = start();
+      run(*state, first);
       StatePool<State>::give(std::move(state));
       detail::local() = detail::Local{};
       std::lock_guard<std::mutex> lock(mutex);
@@ -200,8 +230,8 @@ void parallel_for(int64_t n, int num_threads, Body body) {
   detail::Local& me = detail::local();
   const detail::Local saved = me;
   me = detail::Local{&call, true, std::chrono::steady_clock::now()};
-  std::unique_ptr<State> caller_state = StatePool<State>::take();
-  run(*caller_state);
+  auto [first, caller_state] = start();
+  run(*caller_state, first);
   StatePool<State>::give(std::move(caller_state));
   {
     std::unique_lock<std::mutex> lock(mutex);

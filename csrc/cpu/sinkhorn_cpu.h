@@ -95,6 +95,7 @@ struct SinkhornScratch {
   std::vector<T> a, b, u, v, u_prev, v_prev, col, mx;
   std::vector<T> out_row;  // [m]: a plan row as the output holds it, padding included
   Buffer<T> K;  // [rows, cols]: uninitialised when it grows (buffer.h)
+  size_t scratch_bytes() const { return K.capacity() * sizeof(T); }  // StatePool's order (parallel.h)
 };
 
 // A problem whose matrix the caller fills itself, row by row, with no [n, m] cost array (the
