@@ -50,14 +50,15 @@ struct PartialDot {
 };
 
 // Rows of a kernel, which a large problem streams from memory every iteration, are fetched
-// ReadAhead::kAhead (4 KiB) ahead in software, as the hardware prefetchers do not cross 4 KiB pages
-// (a raw-noise map's 800 MB kernel on a 2-core Xeon: 6% less time per map). The 32 entries from x
-// on, in the dots' loop of 32; ReadAhead keeps its own cursor for loops that read whole rows.
-template <typename T>
+// Ahead bytes ahead in software, as the hardware prefetchers do not cross 4 KiB pages (a raw-noise
+// map's 800 MB kernel on a 2-core Xeon: 6% less time per map). The 32 entries from x on, in the
+// dots' loop of 32; ReadAhead keeps its own cursor for loops that read whole rows. Locality is
+// __builtin_prefetch's: 3 into L1, 1 into L2 (x86's prefetcht0 / prefetcht2).
+template <int64_t Ahead, int Locality, typename T>
 TOPOOT_INLINE void fetch_ahead(const T* x) {
 #if defined(__GNUC__)
-  constexpr int64_t ahead = ReadAhead::kAhead / static_cast<int64_t>(sizeof(T));
-  for (int t = 0; t < 32; t += 64 / static_cast<int>(sizeof(T))) __builtin_prefetch(x + t + ahead);
+  constexpr int64_t ahead = Ahead / static_cast<int64_t>(sizeof(T));
+  for (int t = 0; t < 32; t += 64 / static_cast<int>(sizeof(T))) __builtin_prefetch(x + t + ahead, 0, Locality);
 #else
   (void)x;
 #endif
@@ -68,21 +69,24 @@ TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
   PartialDot<T> d;
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
-    fetch_ahead(x + j);
+    fetch_ahead<ReadAhead::kAhead, 3>(x + j);
     d.add32(c, x + j, y + j);
   }
   return d.finish(c, x, y, j, n);
 }
 
 // scaled_dot of two rows x0, x1 with one y, the same bits: the rows share every load of y
-// (SinkhornOptions::share_dots_bytes).
+// (SinkhornOptions::share_dots_bytes). These rows (32 KiB and up) stream from memory: they are
+// fetched 8 KiB ahead into L2, not L1, whose few miss buffers a fetch holds until its line comes
+// from memory, which capped the pass (a raw-noise map on a 2-core EPYC, Zen 4: 705 vs 759 ms,
+// medians of four interleaved rounds; 4 and 16 KiB ahead, or into L1, were slower).
 template <typename T>
 TOPOOT_INLINE void scaled_dot2(T c0, const T* x0, T c1, const T* x1, const T* y, int64_t n, T& r0, T& r1) {
   PartialDot<T> d0, d1;
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
-    fetch_ahead(x0 + j);
-    fetch_ahead(x1 + j);
+    fetch_ahead<2 * ReadAhead::kAhead, 1>(x0 + j);
+    fetch_ahead<2 * ReadAhead::kAhead, 1>(x1 + j);
     d0.add32(c0, x0 + j, y + j);
     d1.add32(c1, x1 + j, y + j);
   }
