@@ -78,8 +78,8 @@ TOPOOT_INLINE T scaled_dot(T c, const T* x, const T* y, int64_t n) {
 // scaled_dot of two rows x0, x1 with one y, the same bits: the rows share every load of y
 // (SinkhornOptions::share_dots_bytes). These rows (32 KiB and up) stream from memory: they are
 // fetched 8 KiB ahead into L2, not L1, whose few miss buffers a fetch holds until its line comes
-// from memory, which capped the pass (a raw-noise map on a 2-core EPYC, Zen 4: 705 vs 759 ms,
-// medians of four interleaved rounds; 4 and 16 KiB ahead, or into L1, were slower).
+// from memory, which capped the pass (a raw-noise map on a 2-core EPYC, Zen 4: 750 vs 804 ms,
+// medians of four interleaved rounds; 4 and 16 KiB ahead into L2, or 8 KiB into L1, were slower).
 template <typename T>
 TOPOOT_INLINE void scaled_dot2(T c0, const T* x0, T c1, const T* x1, const T* y, int64_t n, T& r0, T& r1) {
   PartialDot<T> d0, d1;
