@@ -423,8 +423,6 @@ TOPOOT_INLINE bool prepare_problem(SinkhornScratch<T>& s, const T* ak, const T* 
   return true;
 }
 
-// The kernel of a prepared problem from its costs (kernel_row on its real rows and columns).
-// Returns false when the call was cancelled.
 // Real row r of a prepared problem's costs Mk [n, m], its real columns only: the row itself where
 // they are its first mc, else gathered into out [mc].
 template <typename T>
@@ -436,6 +434,8 @@ TOPOOT_INLINE const T* real_costs(const SinkhornScratch<T>& s, const T* Mk, int6
   return out;
 }
 
+// The kernel of a prepared problem from its costs (kernel_row on its real rows and columns).
+// Returns false when the call was cancelled.
 template <typename T>
 TOPOOT_INLINE bool build_kernel(SinkhornScratch<T>& s, const T* Mk, int64_t m, const SinkhornOptions& opt) {
   const int64_t nr = static_cast<int64_t>(s.rows.size()), mc = static_cast<int64_t>(s.cols.size());
@@ -525,8 +525,7 @@ TOPOOT_INLINE unsigned check_weights(const T* ak, const T* bk, int64_t n, int64_
 template <typename T>
 struct RealColumns {
   int64_t lo = 0, hi = 0;
-  bool masked = false;
-  std::vector<T> mask;
+  std::vector<T> mask;  // empty when every column of the span is real
   RealColumns(const T* bk, int64_t m) {
     int64_t count = 0;
     for (int64_t j = 0; j < m; ++j) {
@@ -534,12 +533,12 @@ struct RealColumns {
       if (count++ == 0) lo = j;
       hi = j + 1;
     }
-    masked = hi - lo != count;
-    if (masked) {
+    if (hi - lo != count) {
       mask.resize(hi - lo);
       for (int64_t j = lo; j < hi; ++j) mask[j - lo] = bk[j] > 0 ? T(1) : T(0);
     }
   }
+  bool masked() const { return !mask.empty(); }
 };
 
 // A scaling-domain kernel row (no subnormal entries) and, in the same loop, the row's max |M| (w)
@@ -641,7 +640,7 @@ TOPOOT_INLINE SinkhornInputStats check_problem(const T* ak, const T* bk, const T
     const T* row = Mk + i * m + span.lo;
     costs.at(row);
     T w = 0, z = 0;
-    if (span.masked) {
+    if (span.masked()) {
 #pragma omp simd reduction(max : w) reduction(+ : z)
       for (int64_t j = 0; j < width; ++j) {
         const T x = mask[j] > 0 ? row[j] : T(0);
