@@ -370,10 +370,13 @@ TOPOOT_INLINE bool write_plan(SinkhornScratch<T>& s, int64_t n, int64_t m, bool 
   row.assign(m, T(0));  // its padding columns stay 0
   StreamWriter<T, Bypass> out(Pk);
   T zero = 0;
+  // Real columns first (any unpadded problem, and every problem of a batch padded to its largest):
+  // a row is computed in place, its padding columns staying 0. Else gathered through mx.
+  const bool columns_first = s.cols.back() == mc - 1;
   for (int64_t i = 0, r = 0; i < n; ++i) {  // r: the next real row
     if (i % poll_rows == 0 && interrupted()) break;
     if (r < nr && s.rows[r] == i) {
-      if (mc == m) {
+      if (columns_first) {
         zero += plan_row(s, log_domain, r, row.data());
       } else {
         zero += plan_row(s, log_domain, r, s.mx.data());  // mx is free after the solve
@@ -590,12 +593,20 @@ TOPOOT_INLINE SinkhornInputStats check_and_solve(SinkhornScratch<T>& s, const T*
   std::fill(ktu, ktu + mc, T(0));
   const T u0 = T(1) / static_cast<T>(nr);
   T worst = 0, zero = 0;
+  // Whole rows read: one range ahead; padding columns: each real row's span of columns only.
+  const int64_t lo = s.cols.front(), span = s.cols.back() + 1 - lo;
   ReadAhead costs(Mk, Mk + n * m);
+  PartRowsAhead spans(Mk + lo, m * static_cast<int64_t>(sizeof(T)), s.rows.data(), nr,
+                      span * static_cast<int64_t>(sizeof(T)));
   for (int64_t r = 0; r < nr; ++r) {
     if (r % poll_rows == 0 && interrupted()) return st;  // target_clones: no throw here (parallel.h)
     T* Ki = s.K.data() + r * mc;
     T w = 0, z = 0;
-    costs.at(Mk + s.rows[r] * m);
+    if (span == m) {
+      costs.at(Mk + s.rows[r] * m);
+    } else {
+      spans.at(r);
+    }
     const T* Mi = real_costs(s, Mk, m, r, Ki);
     if (neg_reg.fused) {
       checked_exp_row<true>(Mi, mc, neg_reg, Ki, w, z);
