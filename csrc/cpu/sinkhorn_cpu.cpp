@@ -370,9 +370,9 @@ TOPOOT_INLINE bool write_plan(SinkhornScratch<T>& s, int64_t n, int64_t m, bool 
   row.assign(m, T(0));  // its padding columns stay 0
   StreamWriter<T, Bypass> out(Pk);
   T zero = 0;
-  // Real columns first (any unpadded problem, and every problem of a batch padded to its largest):
-  // a row is computed in place, its padding columns staying 0. Else gathered through mx.
-  const bool columns_first = s.cols.back() == mc - 1;
+  // Real columns first: a row is computed in place, its padding columns staying 0. Else gathered
+  // through mx.
+  const bool columns_first = s.columns_first();
   for (int64_t i = 0, r = 0; i < n; ++i) {  // r: the next real row
     if (i % poll_rows == 0 && interrupted()) break;
     if (r < nr && s.rows[r] == i) {
@@ -432,7 +432,7 @@ template <typename T>
 TOPOOT_INLINE const T* real_costs(const SinkhornScratch<T>& s, const T* Mk, int64_t m, int64_t r, T* out) {
   const T* Mi = Mk + s.rows[r] * m;
   const int64_t mc = static_cast<int64_t>(s.cols.size());
-  if (s.cols.back() == mc - 1) return Mi;
+  if (s.columns_first()) return Mi;
   for (int64_t j = 0; j < mc; ++j) out[j] = Mi[s.cols[j]];
   return out;
 }

@@ -96,6 +96,9 @@ struct SinkhornScratch {
   std::vector<T> out_row;  // [m]: a plan row as the output holds it, padding included
   Buffer<T> K;  // [rows, cols]: uninitialised when it grows (buffer.h)
   size_t scratch_bytes() const { return K.capacity() * sizeof(T); }  // StatePool's order (parallel.h)
+  // Whether the real columns are the problem's first ones (any unpadded problem, and every problem of
+  // a batch padded to its largest): its cost rows are read and its plan rows written in place.
+  bool columns_first() const { return cols.back() == static_cast<int64_t>(cols.size()) - 1; }
 };
 
 // A problem whose matrix the caller fills itself, row by row, with no [n, m] cost array (the
