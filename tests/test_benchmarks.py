@@ -118,3 +118,21 @@ def test_head_precision_agreement_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["features"] for r in rows] == ["backbone", "full_resolution", "map"]
     assert all(0.99 <= r["worst_image_agreement"] <= r["batch_agreement"] <= 1 for r in rows)
+
+
+def test_refine_benchmark_runs(tmp_path):
+    """``benchmarks/bench_refine.py`` end to end on tiny maps with both head precisions and the
+    reference on one image: a row per precision, fp32's agreement with itself 1, the fault count of
+    the timed calls a count."""
+    script = BENCHMARKS / "bench_refine.py"
+    out = tmp_path / "refine.json"
+    args = ["--channels", "8", "--batch", "2", "--ref-images", "1", "--repeats", "2", "--size", "32", "--low", "8"]
+    args += ["--precisions", "fp32", "bf16", "--out", str(out)]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert rows[0]["agreement_with_fp32"] == 1.0 and rows[0]["speedup_over_fp32"] == 1.0
+    for r in rows:
+        assert 0.0 <= r["mask_agreement"] <= 1.0 and 0.0 <= r["agreement_with_fp32"] <= 1.0
+        assert r["minor_faults_per_image"] >= 0 and r["refine_s_per_image"] > 0
