@@ -148,7 +148,7 @@ def main() -> None:
                         "speedup_over_fp32": None if fp32_masks is None else fp32_s / fast_s,
                         # the timed calls' (the warm-up's first touch of a growing heap left out, as
                         # from the times)
-                        "minor_faults_per_image": statistics.mean(faults[1:]) / args.batch,
+                        "minor_faults_per_image": statistics.mean(faults[-args.repeats :]) / args.batch,
                         "head_gflop_per_image": flops / 1e9,
                         "head_gflop_per_s": flops / head_s / 1e9,
                     }
