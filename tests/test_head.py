@@ -233,6 +233,26 @@ def test_batched_heads_give_the_masks_of_single_heads(rng):
     assert torch.equal(train_heads(features, labels, seed=11), batched)  # deterministic
 
 
+def test_cpu_fp32_sub_batches_are_multiples_of_the_threads():
+    from topoot_gpu.head.api import thread_balanced
+
+    for n, size, threads, want in [
+        (8, 3, 2, [2, 2, 2, 2]),
+        (3, 8, 2, [2, 1]),
+        (13, 6, 2, [6, 6, 1]),
+        (11, 10, 4, [8, 1, 1, 1]),
+        (5, 1, 2, [1] * 5),
+        (7, 100, 1, [7]),
+        (16, 16, 16, [16]),
+        (1, 8, 2, [1]),
+        (2, 8, 2, [2]),
+    ]:
+        images = torch.randperm(n)
+        parts = thread_balanced(images, size, threads)
+        assert [len(p) for p in parts] == want, (n, size, threads)
+        assert torch.equal(torch.cat(parts), images)
+
+
 def test_constant_labels_are_returned_untrained(rng):
     labels = torch.zeros(3, 12, 14, dtype=torch.bool)
     labels[1] = True

@@ -35,7 +35,9 @@ class HeadConfig:
             memory, :func:`topoot_gpu.core.allocator.memory_budget`). Not part of the SPEC: the
             images are trained in as many sub-batches as needed (:func:`topoot_gpu.head.api.bytes_per_image`; a head
             gives the same mask in any batch), and one image that alone needs more raises a
-            ``ValueError`` saying how much.
+            ``ValueError`` saying how much. On the CPU in ``"fp32"`` the sub-batches' lengths are
+            multiples of torch's thread count, and what is left goes one image at a time
+            (:func:`topoot_gpu.head.api.thread_balanced`).
         precision: the MLP's matrix products: ``"fp32"`` (default: in the features' dtype,
             exactly the SPEC's head) or ``"bf16"`` (bfloat16 products with float32 accumulation
             through ``torch.autocast``, on float32 features; the weights, Adam and both losses stay in
